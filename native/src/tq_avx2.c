@@ -1,0 +1,275 @@
+/* AVX2 + FMA + F16C kernels for tq2/tq3/tq4 (compiled with TQ_CFLAGS_AVX2 for this file only).
+ * Quantize reproduces the portable arithmetic step for step (tq_impl.h), so codes and scales are
+ * bit-identical; dequantize is one multiply per value, also identical; dot uses FMA and differs
+ * from the portable sum only by rounding. The QJL types stay on the portable kernels. */
+#include "tq_impl.h"
+
+#if TQ_IS_X86 && !defined(TQ_NO_AVX2)
+
+#include <immintrin.h>
+
+/* ---- shared pieces ---- */
+
+/* fold16 of two 8-lane accumulators (lanes 0-7, 8-15), in the canonical halving order. */
+static inline float fold16(__m256 lo, __m256 hi) {
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    __m128 s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+    return _mm_cvtss_f32(s1);
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+/* Centroid lookup for 8 codes (int32 lanes). */
+static inline __m256 lookup(int bits, __m256i idx, __m256 t_lo, __m256 t_hi) {
+    __m256 lo = _mm256_permutevar8x32_ps(t_lo, idx);
+    if (bits < 4) return lo;
+    __m256 hi = _mm256_permutevar8x32_ps(t_hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+static inline void tables(int bits, __m256 *t_lo, __m256 *t_hi) {
+    const float *cb = tq_codebook_for(bits);
+    if (bits == 2) {
+        *t_lo = _mm256_setr_ps(cb[0], cb[1], cb[2], cb[3], cb[0], cb[1], cb[2], cb[3]);
+        *t_hi = *t_lo;
+    } else {
+        *t_lo = _mm256_loadu_ps(cb);
+        *t_hi = bits == 4 ? _mm256_loadu_ps(cb + 8) : *t_lo;
+    }
+}
+
+/* 64 codes as bytes: c[0] holds codes 0-31, c[1] codes 32-63. */
+static inline void unpack(int bits, const uint8_t *qs, const uint8_t *qh, __m256i c[2]) {
+    if (bits == 4) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+        const __m256i m4 = _mm256_set1_epi8(15);
+        c[0] = _mm256_and_si256(q, m4);
+        c[1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        return;
+    }
+    __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i m2 = _mm256_set1_epi8(3);
+    c[0] = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 2, 2)), m2);
+    c[1] = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(4, 4, 6, 6)), m2);
+    if (bits == 3) {
+        uint64_t h;
+        memcpy(&h, qh, 8);
+        __m256i v = _mm256_set1_epi64x((long long)h);
+        const __m256i sel0 = _mm256_setr_epi64x(0x0101010101010101ll, 0x0202020202020202ll, 0x0404040404040404ll,
+                                                0x0808080808080808ll);
+        const __m256i sel1 = _mm256_slli_epi64(sel0, 4);
+        const __m256i four = _mm256_set1_epi8(4);
+        c[0] = _mm256_or_si256(c[0], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel0), sel0), four));
+        c[1] = _mm256_or_si256(c[1], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel1), sel1), four));
+    }
+}
+
+/* Byte j of a 16-byte group, widened to 8 int32 lanes: g = 0..7 selects bytes 8g..8g+7 of c. */
+static inline __m256i widen(const __m256i c[2], int g) {
+    __m128i half = (g & 2) ? _mm256_extracti128_si256(c[g >> 2], 1) : _mm256_castsi256_si128(c[g >> 2]);
+    if (g & 1) half = _mm_srli_si128(half, 8);
+    return _mm256_cvtepu8_epi32(half);
+}
+
+/* ---- quantize ---- */
+
+static inline __m256i assign8(int bits, __m256 v, const float *bnd) {
+    __m256i k = _mm256_setzero_si256();
+    const int nb = (1 << bits) - 1;
+    for (int i = 0; i < nb; i++)
+        k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_broadcast_ss(bnd + i), _CMP_GT_OQ)));
+    return k;
+}
+
+/* 8 x 8 int32 codes -> 64 bytes in order (two registers). */
+static inline void narrow(const __m256i k[8], __m256i c[2]) {
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int h = 0; h < 2; h++) {
+        __m256i a = _mm256_packs_epi32(k[4 * h + 0], k[4 * h + 1]);
+        __m256i b = _mm256_packs_epi32(k[4 * h + 2], k[4 * h + 3]);
+        c[h] = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), perm);
+    }
+}
+
+static inline void assign(int bits, const __m256 x[8], float inv, __m256i c[2], __m256 val[8]) {
+    const float *bnd = tq_bounds_for(bits);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    __m256 t_lo, t_hi;
+    tables(bits, &t_lo, &t_hi);
+    __m256i k[8];
+    for (int g = 0; g < 8; g++) {
+        k[g] = assign8(bits, _mm256_mul_ps(x[g], vinv), bnd);
+        val[g] = lookup(bits, k[g], t_lo, t_hi);
+    }
+    narrow(k, c);
+}
+
+static inline float refit(const __m256 x[8], const __m256 val[8], float fallback) {
+    __m256 xc0 = _mm256_mul_ps(x[0], val[0]), xc1 = _mm256_mul_ps(x[1], val[1]);
+    __m256 cc0 = _mm256_mul_ps(val[0], val[0]), cc1 = _mm256_mul_ps(val[1], val[1]);
+    for (int g = 2; g < 8; g += 2) {
+        xc0 = _mm256_add_ps(xc0, _mm256_mul_ps(x[g], val[g]));
+        xc1 = _mm256_add_ps(xc1, _mm256_mul_ps(x[g + 1], val[g + 1]));
+        cc0 = _mm256_add_ps(cc0, _mm256_mul_ps(val[g], val[g]));
+        cc1 = _mm256_add_ps(cc1, _mm256_mul_ps(val[g + 1], val[g + 1]));
+    }
+    return tq_lsq_scale(fold16(xc0, xc1), fold16(cc0, cc1), fallback);
+}
+
+static inline tq_half quantize_block(int bits, const float *xp, __m256i c[2]) {
+    __m256 x[8];
+    for (int g = 0; g < 8; g++) x[g] = _mm256_loadu_ps(xp + 8 * g);
+    __m256 s0 = _mm256_mul_ps(x[0], x[0]), s1 = _mm256_mul_ps(x[1], x[1]);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 bad = _mm256_cmp_ps(_mm256_and_ps(x[0], absmask), inf, _CMP_NLT_UQ);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(x[1], absmask), inf, _CMP_NLT_UQ));
+    for (int g = 2; g < 8; g += 2) {
+        s0 = _mm256_add_ps(s0, _mm256_mul_ps(x[g], x[g]));
+        s1 = _mm256_add_ps(s1, _mm256_mul_ps(x[g + 1], x[g + 1]));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(x[g], absmask), inf, _CMP_NLT_UQ));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(x[g + 1], absmask), inf, _CMP_NLT_UQ));
+    }
+    if (_mm256_movemask_ps(bad)) {
+        c[0] = c[1] = _mm256_setzero_si256();
+        return TQ_HALF_NAN;
+    }
+    float inv, rms;
+    int kind = tq_first_scale(fold16(s0, s1), &inv, &rms);
+    if (kind == 0) {
+        c[0] = c[1] = _mm256_setzero_si256();
+        return 0;
+    }
+    __m256 val[8];
+    assign(bits, x, inv, c, val);
+    if (kind == 2) return tq_store_scale(TQ_FP16_MAX);
+    float d1 = refit(x, val, rms);
+    assign(bits, x, 1.0f / d1, c, val);
+    return tq_store_scale(refit(x, val, d1));
+}
+
+static inline void store2(const __m256i c[2], uint8_t *qs) {
+    const __m256i m2 = _mm256_set1_epi8(3);
+    __m256i a = _mm256_and_si256(c[0], m2), b = _mm256_and_si256(c[1], m2);
+    __m128i r = _mm_or_si128(_mm256_castsi256_si128(a), _mm_slli_epi16(_mm256_extracti128_si256(a, 1), 2));
+    r = _mm_or_si128(r, _mm_slli_epi16(_mm256_castsi256_si128(b), 4));
+    r = _mm_or_si128(r, _mm_slli_epi16(_mm256_extracti128_si256(b, 1), 6));
+    _mm_storeu_si128((__m128i *)qs, r);
+}
+
+static inline void store_hi_bit(const __m256i c[2], uint8_t *qh) {
+    /* bit 2 of code j goes to bit j/8 of qh[j%8]: shift each 8-byte group g left by g. */
+    const __m256i one = _mm256_set1_epi8(1);
+    __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(c[0], 2), one);
+    __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(c[1], 2), one);
+    __m256i r = _mm256_or_si256(_mm256_sllv_epi64(h0, _mm256_setr_epi64x(0, 1, 2, 3)),
+                                _mm256_sllv_epi64(h1, _mm256_setr_epi64x(4, 5, 6, 7)));
+    __m128i s = _mm_or_si128(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    s = _mm_or_si128(s, _mm_unpackhi_epi64(s, s));
+    _mm_storel_epi64((__m128i *)qh, s);
+}
+
+static void quantize_tq2(const float *x, void *vy, size_t nb) {
+    block_tq2 *y = (block_tq2 *)vy;
+    __m256i c[2];
+    for (size_t i = 0; i < nb; i++) {
+        y[i].d = quantize_block(2, x + i * TQ_BLOCK, c);
+        store2(c, y[i].qs);
+    }
+}
+
+static void quantize_tq3(const float *x, void *vy, size_t nb) {
+    block_tq3 *y = (block_tq3 *)vy;
+    __m256i c[2];
+    for (size_t i = 0; i < nb; i++) {
+        y[i].d = quantize_block(3, x + i * TQ_BLOCK, c);
+        store2(c, y[i].qs);
+        store_hi_bit(c, y[i].qh);
+    }
+}
+
+static void quantize_tq4(const float *x, void *vy, size_t nb) {
+    block_tq4 *y = (block_tq4 *)vy;
+    __m256i c[2];
+    for (size_t i = 0; i < nb; i++) {
+        y[i].d = quantize_block(4, x + i * TQ_BLOCK, c);
+        _mm256_storeu_si256((__m256i *)y[i].qs, _mm256_or_si256(c[0], _mm256_slli_epi16(c[1], 4)));
+    }
+}
+
+/* ---- dequantize and dot ---- */
+
+static inline void dequant_block(int bits, tq_half dh, const uint8_t *qs, const uint8_t *qh, float *out) {
+    __m256 t_lo, t_hi;
+    tables(bits, &t_lo, &t_hi);
+    __m256i c[2];
+    unpack(bits, qs, qh, c);
+    const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
+    for (int g = 0; g < 8; g++) _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits, widen(c, g), t_lo, t_hi)));
+}
+
+static inline __m256 dot_block(int bits, tq_half dh, const uint8_t *qs, const uint8_t *qh, const float *q, __m256 acc) {
+    __m256 t_lo, t_hi;
+    tables(bits, &t_lo, &t_hi);
+    __m256i c[2];
+    unpack(bits, qs, qh, c);
+    __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(q), lookup(bits, widen(c, 0), t_lo, t_hi));
+    __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(q + 8), lookup(bits, widen(c, 1), t_lo, t_hi));
+    for (int g = 2; g < 8; g += 2) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), lookup(bits, widen(c, g), t_lo, t_hi), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g + 8), lookup(bits, widen(c, g + 1), t_lo, t_hi), s1);
+    }
+    return _mm256_fmadd_ps(_mm256_set1_ps(tq_fp16_to_fp32(dh)), _mm256_add_ps(s0, s1), acc);
+}
+
+static void dequantize_tq2(const void *vy, float *x, size_t nb) {
+    const block_tq2 *y = (const block_tq2 *)vy;
+    for (size_t i = 0; i < nb; i++) dequant_block(2, y[i].d, y[i].qs, NULL, x + i * TQ_BLOCK);
+}
+static void dequantize_tq3(const void *vy, float *x, size_t nb) {
+    const block_tq3 *y = (const block_tq3 *)vy;
+    for (size_t i = 0; i < nb; i++) dequant_block(3, y[i].d, y[i].qs, y[i].qh, x + i * TQ_BLOCK);
+}
+static void dequantize_tq4(const void *vy, float *x, size_t nb) {
+    const block_tq4 *y = (const block_tq4 *)vy;
+    for (size_t i = 0; i < nb; i++) dequant_block(4, y[i].d, y[i].qs, NULL, x + i * TQ_BLOCK);
+}
+
+static float dot_tq2(const float *q, const void *vy, size_t nb) {
+    const block_tq2 *y = (const block_tq2 *)vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) acc = dot_block(2, y[i].d, y[i].qs, NULL, q + i * TQ_BLOCK, acc);
+    return hsum(acc);
+}
+static float dot_tq3(const float *q, const void *vy, size_t nb) {
+    const block_tq3 *y = (const block_tq3 *)vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) acc = dot_block(3, y[i].d, y[i].qs, y[i].qh, q + i * TQ_BLOCK, acc);
+    return hsum(acc);
+}
+static float dot_tq4(const float *q, const void *vy, size_t nb) {
+    const block_tq4 *y = (const block_tq4 *)vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++) acc = dot_block(4, y[i].d, y[i].qs, NULL, q + i * TQ_BLOCK, acc);
+    return hsum(acc);
+}
+
+void tq_kernels_avx2(tq_kernels *k) {
+    k->quantize[TQ_TYPE_TQ2] = quantize_tq2;
+    k->quantize[TQ_TYPE_TQ3] = quantize_tq3;
+    k->quantize[TQ_TYPE_TQ4] = quantize_tq4;
+    k->dequantize[TQ_TYPE_TQ2] = dequantize_tq2;
+    k->dequantize[TQ_TYPE_TQ3] = dequantize_tq3;
+    k->dequantize[TQ_TYPE_TQ4] = dequantize_tq4;
+    k->dot[TQ_TYPE_TQ2] = dot_tq2;
+    k->dot[TQ_TYPE_TQ3] = dot_tq3;
+    k->dot[TQ_TYPE_TQ4] = dot_tq4;
+}
+
+#endif

@@ -1,0 +1,290 @@
+/* AArch64 Advanced SIMD kernels for tq2/tq3/tq4 (NEON is mandatory on AArch64: no extra flags).
+ *
+ * The 16 canonical lanes (tq_impl.h) live in four float32x4 accumulators a[q] = lanes 4q..4q+3;
+ * with x[g] = values 4g..4g+3, lane group q adds the vectors x[q], x[q+4], x[q+8], x[q+12] in that
+ * order, each product rounded on its own (vmulq then vaddq, never vfmaq: this file, like the whole
+ * library, must be built with -ffp-contract=off, or GCC may fuse them). fold16 then halves 8, 4,
+ * 2, 1. Quantize gives bit-identical codes and scales; dequantize is one multiply d * centroid;
+ * dot uses FMA and differs from the portable sum only by rounding. The QJL types stay portable.
+ *
+ * Centroids are looked up with vqtbl4q_u8 over the 64 bytes of a 16-float table: a code c
+ * becomes the byte indices 4c, 4c+1, 4c+2, 4c+3. */
+#include "tq_impl.h"
+
+#if TQ_IS_AARCH64 && !defined(TQ_NO_NEON)
+
+#include <arm_neon.h>
+
+#if defined(__AARCH64EB__)
+#error "tq_neon.c assumes little-endian lanes (byte tables, vuzp narrowing): build with -DTQ_NO_NEON=ON"
+#endif
+
+/* ---- shared pieces ---- */
+
+/* fold16 of the four accumulators in the canonical order: l += l+8, l+4, l+2, l+1. */
+static inline float fold16(const float32x4_t a[4]) {
+    float32x4_t b0 = vaddq_f32(a[0], a[2]); /* lanes 0-3 += 8-11 */
+    float32x4_t b1 = vaddq_f32(a[1], a[3]); /* lanes 4-7 += 12-15 */
+    float32x4_t c = vaddq_f32(b0, b1);      /* lanes 0-3 += 4-7 */
+    float32x2_t d = vadd_f32(vget_low_f32(c), vget_high_f32(c)); /* lanes 0-1 += 2-3 */
+    return vget_lane_f32(d, 0) + vget_lane_f32(d, 1);
+}
+
+/* The b-bit codebook as 64 table bytes (16 floats; entries past 2^b are never indexed). */
+static inline uint8x16x4_t codebook_table(int bits) {
+    const float *cb = tq_codebook_for(bits);
+    float t[16];
+    for (int i = 0; i < 16; i++) t[i] = cb[i & ((1 << bits) - 1)];
+    uint8x16x4_t tab;
+    tab.val[0] = vreinterpretq_u8_f32(vld1q_f32(t));
+    tab.val[1] = vreinterpretq_u8_f32(vld1q_f32(t + 4));
+    tab.val[2] = vreinterpretq_u8_f32(vld1q_f32(t + 8));
+    tab.val[3] = vreinterpretq_u8_f32(vld1q_f32(t + 12));
+    return tab;
+}
+
+/* Centroids of 16 codes (bytes, each < 16): out[i] = the values of codes 4i..4i+3. */
+static inline void lookup16(uint8x16_t c, const uint8x16x4_t tab, float32x4_t out[4]) {
+    const uint8x16_t off = vreinterpretq_u8_u32(vdupq_n_u32(0x03020100u)); /* bytes 0,1,2,3, ... */
+    uint8x16_t c4 = vshlq_n_u8(c, 2);
+    uint8x16_t z0 = vzip1q_u8(c4, c4), z1 = vzip2q_u8(c4, c4); /* codes 0-7, 8-15, each twice */
+    out[0] = vreinterpretq_f32_u8(vqtbl4q_u8(tab, vorrq_u8(vzip1q_u8(z0, z0), off)));
+    out[1] = vreinterpretq_f32_u8(vqtbl4q_u8(tab, vorrq_u8(vzip2q_u8(z0, z0), off)));
+    out[2] = vreinterpretq_f32_u8(vqtbl4q_u8(tab, vorrq_u8(vzip1q_u8(z1, z1), off)));
+    out[3] = vreinterpretq_f32_u8(vqtbl4q_u8(tab, vorrq_u8(vzip2q_u8(z1, z1), off)));
+}
+
+/* ---- quantize ---- */
+
+/* Codes of 4 values: the number of boundaries strictly below v (a NaN counts none). */
+static inline uint32x4_t codes4(int bits, float32x4_t v) {
+    const float *bnd = tq_bounds_for(bits);
+    uint32x4_t k = vdupq_n_u32(0);
+    for (int i = 0; i < (1 << bits) - 1; i++) k = vsubq_u32(k, vcgtq_f32(v, vdupq_n_f32(bnd[i]))); /* true = -1 */
+    return k;
+}
+
+/* c[r] = codes of values 16r..16r+15 as bytes; val[g] = their centroids, 4 at a time. */
+static inline void assign(int bits, const float32x4_t x[16], float inv, const uint8x16x4_t tab, uint8x16_t c[4],
+                          float32x4_t val[16]) {
+    const float32x4_t vinv = vdupq_n_f32(inv);
+    uint32x4_t k[16];
+    for (int g = 0; g < 16; g++) k[g] = codes4(bits, vmulq_f32(x[g], vinv));
+    for (int r = 0; r < 4; r++) {
+        uint16x8_t a = vuzp1q_u16(vreinterpretq_u16_u32(k[4 * r]), vreinterpretq_u16_u32(k[4 * r + 1]));
+        uint16x8_t b = vuzp1q_u16(vreinterpretq_u16_u32(k[4 * r + 2]), vreinterpretq_u16_u32(k[4 * r + 3]));
+        c[r] = vuzp1q_u8(vreinterpretq_u8_u16(a), vreinterpretq_u8_u16(b));
+        lookup16(c[r], tab, val + 4 * r);
+    }
+}
+
+static inline float refit(const float32x4_t x[16], const float32x4_t val[16], float fallback) {
+    float32x4_t xc[4], cc[4];
+    for (int q = 0; q < 4; q++) {
+        xc[q] = vmulq_f32(x[q], val[q]);
+        cc[q] = vmulq_f32(val[q], val[q]);
+    }
+    for (int r = 1; r < 4; r++)
+        for (int q = 0; q < 4; q++) {
+            xc[q] = vaddq_f32(xc[q], vmulq_f32(x[4 * r + q], val[4 * r + q]));
+            cc[q] = vaddq_f32(cc[q], vmulq_f32(val[4 * r + q], val[4 * r + q]));
+        }
+    return tq_lsq_scale(fold16(xc), fold16(cc), fallback);
+}
+
+TQ_INLINE tq_half quantize_block(int bits, const float *xp, const uint8x16x4_t tab, uint8x16_t c[4]) {
+    float32x4_t x[16];
+    for (int g = 0; g < 16; g++) x[g] = vld1q_f32(xp + 4 * g);
+    float32x4_t a[4];
+    for (int q = 0; q < 4; q++) a[q] = vmulq_f32(x[q], x[q]);
+    for (int r = 1; r < 4; r++)
+        for (int q = 0; q < 4; q++) a[q] = vaddq_f32(a[q], vmulq_f32(x[4 * r + q], x[4 * r + q]));
+    /* |x| < inf is false for infinities and NaNs */
+    const float32x4_t inf = vdupq_n_f32(INFINITY);
+    uint32x4_t ok = vcaltq_f32(x[0], inf);
+    for (int g = 1; g < 16; g++) ok = vandq_u32(ok, vcaltq_f32(x[g], inf));
+    if (vminvq_u32(ok) == 0) {
+        c[0] = c[1] = c[2] = c[3] = vdupq_n_u8(0);
+        return TQ_HALF_NAN;
+    }
+    float inv, rms;
+    int kind = tq_first_scale(fold16(a), &inv, &rms);
+    if (kind == 0) {
+        c[0] = c[1] = c[2] = c[3] = vdupq_n_u8(0);
+        return 0;
+    }
+    float32x4_t val[16];
+    assign(bits, x, inv, tab, c, val);
+    if (kind == 2) return tq_store_scale(TQ_FP16_MAX);
+    float d1 = refit(x, val, rms);
+    assign(bits, x, 1.0f / d1, tab, c, val);
+    return tq_store_scale(refit(x, val, d1));
+}
+
+/* 2-bit plane: qs[l] = c[l] | c[l+16] << 2 | c[l+32] << 4 | c[l+48] << 6 (low two code bits). */
+static inline void store2(const uint8x16_t c[4], uint8_t *qs) {
+    const uint8x16_t m3 = vdupq_n_u8(3);
+    uint8x16_t p = vandq_u8(c[0], m3);
+    p = vorrq_u8(p, vshlq_n_u8(vandq_u8(c[1], m3), 2));
+    p = vorrq_u8(p, vshlq_n_u8(vandq_u8(c[2], m3), 4));
+    p = vorrq_u8(p, vshlq_n_u8(c[3], 6));
+    vst1q_u8(qs, p);
+}
+
+/* 1-bit plane of code bit 2: bit g of qh[i] = bit 2 of code 8g+i, i.e. qh = OR_g (h[8g..8g+7] << g). */
+static inline void store_hi_bit(const uint8x16_t c[4], uint8_t *qh) {
+    const uint8x16_t one = vdupq_n_u8(1);
+    uint8x16_t h0 = vandq_u8(vshrq_n_u8(c[0], 2), one), h1 = vandq_u8(vshrq_n_u8(c[1], 2), one);
+    uint8x16_t h2 = vandq_u8(vshrq_n_u8(c[2], 2), one), h3 = vandq_u8(vshrq_n_u8(c[3], 2), one);
+    uint8x8_t m = vget_low_u8(h0);
+    m = vorr_u8(m, vshl_n_u8(vget_high_u8(h0), 1));
+    m = vorr_u8(m, vshl_n_u8(vget_low_u8(h1), 2));
+    m = vorr_u8(m, vshl_n_u8(vget_high_u8(h1), 3));
+    m = vorr_u8(m, vshl_n_u8(vget_low_u8(h2), 4));
+    m = vorr_u8(m, vshl_n_u8(vget_high_u8(h2), 5));
+    m = vorr_u8(m, vshl_n_u8(vget_low_u8(h3), 6));
+    m = vorr_u8(m, vshl_n_u8(vget_high_u8(h3), 7));
+    vst1_u8(qh, m);
+}
+
+static void quantize_tq2(const float *x, void *vy, size_t nb) {
+    block_tq2 *y = (block_tq2 *)vy;
+    const uint8x16x4_t tab = codebook_table(2);
+    uint8x16_t c[4];
+    for (size_t i = 0; i < nb; i++) {
+        y[i].d = quantize_block(2, x + i * TQ_BLOCK, tab, c);
+        store2(c, y[i].qs);
+    }
+}
+
+static void quantize_tq3(const float *x, void *vy, size_t nb) {
+    block_tq3 *y = (block_tq3 *)vy;
+    const uint8x16x4_t tab = codebook_table(3);
+    uint8x16_t c[4];
+    for (size_t i = 0; i < nb; i++) {
+        y[i].d = quantize_block(3, x + i * TQ_BLOCK, tab, c);
+        store2(c, y[i].qs);
+        store_hi_bit(c, y[i].qh);
+    }
+}
+
+static void quantize_tq4(const float *x, void *vy, size_t nb) {
+    block_tq4 *y = (block_tq4 *)vy;
+    const uint8x16x4_t tab = codebook_table(4);
+    uint8x16_t c[4];
+    for (size_t i = 0; i < nb; i++) {
+        y[i].d = quantize_block(4, x + i * TQ_BLOCK, tab, c);
+        /* qs[j] = c[j] | c[j+32] << 4 */
+        vst1q_u8(y[i].qs, vorrq_u8(c[0], vshlq_n_u8(c[2], 4)));
+        vst1q_u8(y[i].qs + 16, vorrq_u8(c[1], vshlq_n_u8(c[3], 4)));
+    }
+}
+
+/* ---- dequantize and dot ---- */
+
+/* The 64 codes as bytes: c[r] = codes 16r..16r+15, exact (every byte < 2^b). */
+static inline void unpack(int bits, const uint8_t *qs, const uint8_t *qh, uint8x16_t c[4]) {
+    if (bits == 4) {
+        const uint8x16_t m15 = vdupq_n_u8(15);
+        uint8x16_t a = vld1q_u8(qs), b = vld1q_u8(qs + 16);
+        c[0] = vandq_u8(a, m15);
+        c[1] = vandq_u8(b, m15);
+        c[2] = vshrq_n_u8(a, 4);
+        c[3] = vshrq_n_u8(b, 4);
+        return;
+    }
+    const uint8x16_t m3 = vdupq_n_u8(3);
+    uint8x16_t a = vld1q_u8(qs);
+    c[0] = vandq_u8(a, m3);
+    c[1] = vandq_u8(vshrq_n_u8(a, 2), m3);
+    c[2] = vandq_u8(vshrq_n_u8(a, 4), m3);
+    c[3] = vshrq_n_u8(a, 6);
+    if (bits == 3) {
+        /* bit 2 of code 8g+i = bit g of qh[i]: c[r] covers g = 2r (low half) and 2r+1 (high half) */
+        const uint8x16_t four = vdupq_n_u8(4);
+        uint8x8_t h = vld1_u8(qh);
+        for (int r = 0; r < 4; r++) {
+            uint8x16_t sel = vcombine_u8(vdup_n_u8((uint8_t)(1u << (2 * r))), vdup_n_u8((uint8_t)(2u << (2 * r))));
+            c[r] = vorrq_u8(c[r], vandq_u8(vtstq_u8(vcombine_u8(h, h), sel), four));
+        }
+    }
+}
+
+static inline void dequant_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
+                                 const uint8_t *qh, float *out) {
+    uint8x16_t c[4];
+    unpack(bits, qs, qh, c);
+    const float32x4_t d = vdupq_n_f32(tq_fp16_to_fp32(dh));
+    for (int r = 0; r < 4; r++) {
+        float32x4_t v[4];
+        lookup16(c[r], tab, v);
+        for (int i = 0; i < 4; i++) vst1q_f32(out + 16 * r + 4 * i, vmulq_f32(d, v[i]));
+    }
+}
+
+static inline float32x4_t dot_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
+                                    const uint8_t *qh, const float *q, float32x4_t acc) {
+    uint8x16_t c[4];
+    unpack(bits, qs, qh, c);
+    float32x4_t s[4], v[4];
+    lookup16(c[0], tab, v);
+    for (int i = 0; i < 4; i++) s[i] = vmulq_f32(vld1q_f32(q + 4 * i), v[i]);
+    for (int r = 1; r < 4; r++) {
+        lookup16(c[r], tab, v);
+        for (int i = 0; i < 4; i++) s[i] = vfmaq_f32(s[i], vld1q_f32(q + 16 * r + 4 * i), v[i]);
+    }
+    float32x4_t t = vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]));
+    return vfmaq_f32(acc, t, vdupq_n_f32(tq_fp16_to_fp32(dh)));
+}
+
+static void dequantize_tq2(const void *vy, float *x, size_t nb) {
+    const block_tq2 *y = (const block_tq2 *)vy;
+    const uint8x16x4_t tab = codebook_table(2);
+    for (size_t i = 0; i < nb; i++) dequant_block(2, tab, y[i].d, y[i].qs, NULL, x + i * TQ_BLOCK);
+}
+static void dequantize_tq3(const void *vy, float *x, size_t nb) {
+    const block_tq3 *y = (const block_tq3 *)vy;
+    const uint8x16x4_t tab = codebook_table(3);
+    for (size_t i = 0; i < nb; i++) dequant_block(3, tab, y[i].d, y[i].qs, y[i].qh, x + i * TQ_BLOCK);
+}
+static void dequantize_tq4(const void *vy, float *x, size_t nb) {
+    const block_tq4 *y = (const block_tq4 *)vy;
+    const uint8x16x4_t tab = codebook_table(4);
+    for (size_t i = 0; i < nb; i++) dequant_block(4, tab, y[i].d, y[i].qs, NULL, x + i * TQ_BLOCK);
+}
+
+static float dot_tq2(const float *q, const void *vy, size_t nb) {
+    const block_tq2 *y = (const block_tq2 *)vy;
+    const uint8x16x4_t tab = codebook_table(2);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (size_t i = 0; i < nb; i++) acc = dot_block(2, tab, y[i].d, y[i].qs, NULL, q + i * TQ_BLOCK, acc);
+    return vaddvq_f32(acc);
+}
+static float dot_tq3(const float *q, const void *vy, size_t nb) {
+    const block_tq3 *y = (const block_tq3 *)vy;
+    const uint8x16x4_t tab = codebook_table(3);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (size_t i = 0; i < nb; i++) acc = dot_block(3, tab, y[i].d, y[i].qs, y[i].qh, q + i * TQ_BLOCK, acc);
+    return vaddvq_f32(acc);
+}
+static float dot_tq4(const float *q, const void *vy, size_t nb) {
+    const block_tq4 *y = (const block_tq4 *)vy;
+    const uint8x16x4_t tab = codebook_table(4);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (size_t i = 0; i < nb; i++) acc = dot_block(4, tab, y[i].d, y[i].qs, NULL, q + i * TQ_BLOCK, acc);
+    return vaddvq_f32(acc);
+}
+
+void tq_kernels_neon(tq_kernels *k) {
+    k->quantize[TQ_TYPE_TQ2] = quantize_tq2;
+    k->quantize[TQ_TYPE_TQ3] = quantize_tq3;
+    k->quantize[TQ_TYPE_TQ4] = quantize_tq4;
+    k->dequantize[TQ_TYPE_TQ2] = dequantize_tq2;
+    k->dequantize[TQ_TYPE_TQ3] = dequantize_tq3;
+    k->dequantize[TQ_TYPE_TQ4] = dequantize_tq4;
+    k->dot[TQ_TYPE_TQ2] = dot_tq2;
+    k->dot[TQ_TYPE_TQ3] = dot_tq3;
+    k->dot[TQ_TYPE_TQ4] = dot_tq4;
+}
+
+#endif

@@ -1,0 +1,60 @@
+"""The extension module loads, agrees with the C headers, and answers one call."""
+import re
+from pathlib import Path
+
+import numpy as np
+
+import tq_llamacpp
+from tq_llamacpp import cli, native
+from tq_llamacpp._native import ffi, lib
+
+ROOT = Path(__file__).resolve().parents[1]
+INCLUDE = ROOT / "native" / "include"
+CDEF = ROOT / "tq_llamacpp" / "_native.cdef.txt"  # a build input, not in the wheel
+
+
+def test_version():
+    header = (INCLUDE / "turboquant.h").read_text()
+    assert native.version() == re.search(r'#define TQ_VERSION_STRING "([^"]+)"', header).group(1)
+    assert tq_llamacpp.__version__ == native.version()
+
+
+def test_one_call():
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    codes = native.quantize(x, "tq4")
+    assert codes.dtype == np.uint8 and codes.shape == (native.block_bytes("tq4"),)
+    assert np.abs(native.dequantize(codes, "tq4") - x).max() < 0.1
+
+
+def test_constants():
+    assert native.BLOCK == 64
+    assert native.TYPE_NAMES == ("tq2", "tq3", "tq4", "tq3j", "tq4j")
+    assert [native.bits_per_value(t) for t in native.TYPE_NAMES] == [2.25, 3.25, 4.25, 3.5, 4.5]
+    for t in native.TYPE_NAMES:
+        info = native.type_info(t)
+        assert ffi.sizeof(f"block_{t}") == info.block_bytes  # cffi checked the field layout at load
+        assert lib.tq_type_from_name(t.encode()) == info.id
+        assert native.row_bytes(t, 256) == 4 * info.block_bytes
+
+
+def test_cdef_declares_every_api_function():
+    """The cdef is written by hand: it must not fall behind the headers."""
+    api = set(re.findall(r"TQ_API[^;(]*?\b(tq_\w+)\s*\(", (INCLUDE / "turboquant.h").read_text()))
+    ggml = (INCLUDE / "tq-ggml.h").read_text()
+    for t in re.findall(r"^TQ_GGML_DECLARE\((\w+)\)", ggml, re.M):
+        api |= {a + t + b for a, b in re.findall(r"\b(tq_ggml_\w*?)##t(?:##(\w+))?", ggml)}
+    declared = set(re.findall(r"\b(tq_\w+)\s*\(", CDEF.read_text()))
+    assert len(api) > 40
+    assert api <= declared, sorted(api - declared)
+    assert all(hasattr(lib, name) for name in api)
+
+
+def test_isa():
+    assert "portable" in native.isa_available()
+    assert native.isa_active() in native.isa_available()
+
+
+def test_cli_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert native.version() in out and native.isa_active() in out

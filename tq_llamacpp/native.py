@@ -1,0 +1,374 @@
+"""Typed NumPy interface to the TurboQuant C library (native/include/turboquant.h).
+
+Arguments are checked here, before any C call, so a bad input raises an exception that names
+the problem (tq_llamacpp.errors) and never reaches C; C's own checks stay as a second line.
+Float input must already be float32, C-contiguous, aligned and finite: nothing is converted
+silently, since a hidden float64 -> float32 copy changes both cost and precision.
+
+Shapes: a 1-D array is one row; a 2-D array is a batch of rows. Codes are np.uint8 arrays of
+whole blocks (row_bytes(type, n) bytes for n values); bytes and bytearray are read as codes too.
+Types are named "tq2", "tq3", "tq4", "tq3j", "tq4j" (TYPE_NAMES).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from ._native import ffi, lib
+from .errors import TqIsaError, TqTypeError, TqValueError, check
+
+__all__ = [
+    "BLOCK", "TYPE_NAMES", "ISA_NAMES", "TypeInfo", "version", "type_info", "block_bytes", "bits_per_value",
+    "row_bytes", "codebook", "quantize", "quantize_rms_scale", "dequantize", "dot", "rotate", "unrotate",
+    "encode", "decode", "inner_product", "isa_available", "isa_active", "force_isa", "reset_isa",
+]
+
+BLOCK: int = lib.TQ_BLOCK
+MIN_DIM, MAX_DIM = 64, 1024  # rotation sizes: powers of two in this range (TQ_ERR_DIM)
+_MAX_LENGTH = 1 << 48  # far past any real row, and row_bytes() of it still fits size_t
+
+Codes = Union[np.ndarray, bytes, bytearray]
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    name: str
+    id: int  # the tq_type value
+    code_bits: int  # bits of the MSE code per value
+    qjl: bool  # + one residual sign bit per value (unbiased inner products)
+    block_bytes: int  # bytes per BLOCK values
+    bits_per_value: float  # every byte counted, scales included
+
+
+def _load_types() -> dict[str, TypeInfo]:
+    types = {}
+    for t in range(lib.TQ_TYPE_COUNT):
+        name = ffi.string(lib.tq_type_name(t)).decode()
+        types[name] = TypeInfo(name, t, lib.tq_code_bits(t), bool(lib.tq_is_qjl(t)), lib.tq_block_bytes(t),
+                               lib.tq_bits_per_value(t))
+    return types
+
+
+_TYPES = _load_types()
+TYPE_NAMES: tuple[str, ...] = tuple(_TYPES)
+_ISA_BITS = {ffi.string(lib.tq_isa_name(b)).decode(): b
+             for b in (lib.TQ_ISA_PORTABLE, lib.TQ_ISA_AVX2, lib.TQ_ISA_AVX512, lib.TQ_ISA_NEON)}
+ISA_NAMES: tuple[str, ...] = tuple(_ISA_BITS)
+
+
+def version() -> str:
+    return ffi.string(lib.tq_version()).decode()
+
+
+# ---- argument checks ----
+
+def _typename(v) -> str:
+    t = type(v)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _type(type: str) -> TypeInfo:
+    if not isinstance(type, str):
+        raise TqTypeError(f"type must be a str, one of {', '.join(TYPE_NAMES)}; got {_typename(type)}")
+    info = _TYPES.get(type)
+    if info is None:
+        raise TqValueError(f"unknown TurboQuant type {type!r}; valid names: {', '.join(TYPE_NAMES)}")
+    return info
+
+
+def _int(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise TqTypeError(f"{what} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TqTypeError(f"{what} must be an int, got {_typename(value)}") from None
+
+
+def _length(n, what: str = "n") -> int:
+    n = _int(n, what)
+    if n <= 0 or n % BLOCK:
+        raise TqValueError(f"{what} = {n} is not a positive multiple of the block size {BLOCK}")
+    if n >= _MAX_LENGTH:
+        raise TqValueError(f"{what} = {n} is too large (limit 2**48)")
+    return n
+
+
+def _dim(d, what: str = "d") -> int:
+    d = _int(d, what)
+    if not (MIN_DIM <= d <= MAX_DIM) or d & (d - 1):
+        raise TqValueError(f"rotation size {what} = {d} is not a power of two from {MIN_DIM} to {MAX_DIM}")
+    return d
+
+
+def _seed(seed) -> int:
+    seed = _int(seed, "seed")
+    if not 0 <= seed < 1 << 64:
+        raise TqValueError(f"seed = {seed} is outside the unsigned 64-bit range")
+    return seed
+
+
+def _array(a, what: str, dtype: type) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TqTypeError(f"{what} must be a numpy.ndarray of {np.dtype(dtype)}, got {_typename(a)}")
+    if a.dtype != dtype:
+        raise TqTypeError(f"{what} must have dtype {np.dtype(dtype)}, got {a.dtype} (convert it explicitly)")
+    if a.ndim not in (1, 2):
+        raise TqValueError(f"{what} must be 1-D (one row) or 2-D (rows), got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise TqValueError(f"{what} must be C-contiguous (np.ascontiguousarray makes a copy that is)")
+    if not a.flags.aligned:
+        raise TqValueError(f"{what} is not aligned to its {a.itemsize}-byte dtype")
+    return a
+
+
+def _floats(x, what: str, rotation: bool = False) -> np.ndarray:
+    x = _array(x, what, np.float32)
+    if rotation:
+        _dim(x.shape[-1], f"{what}.shape[-1]")
+    else:
+        _length(x.shape[-1], f"{what}.shape[-1]")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        kind = "NaN" if np.isnan(x[at]) else "infinity"
+        raise TqValueError(f"{what} contains {kind} at index {at if x.ndim > 1 else at[0]} "
+                           f"({int(bad.sum())} non-finite values)")
+    return x
+
+
+def _codes(codes: Codes, what: str = "codes") -> np.ndarray:
+    if isinstance(codes, (bytes, bytearray)):
+        codes = np.frombuffer(codes, dtype=np.uint8)
+    return _array(codes, what, np.uint8)
+
+
+def _code_rows(codes: np.ndarray, info: TypeInfo, n: int) -> int:
+    """Rows held by `codes` for rows of n values; a size mismatch raises."""
+    rb = lib.tq_row_bytes(info.id, n)
+    have = codes.shape[-1]
+    if have != rb:
+        raise TqValueError(f"codes hold {have} bytes per row, but {n} values of {info.name} take {rb} "
+                           f"({n // BLOCK} blocks of {info.block_bytes} bytes)")
+    return 1 if codes.ndim == 1 else codes.shape[0]
+
+
+def _infer_n(codes: np.ndarray, info: TypeInfo) -> int:
+    have = codes.shape[-1]
+    if have == 0 or have % info.block_bytes:
+        raise TqValueError(f"codes hold {have} bytes per row, not a positive multiple of the "
+                           f"{info.block_bytes}-byte {info.name} block")
+    return have // info.block_bytes * BLOCK
+
+
+def _pair_rows(a: np.ndarray, b: np.ndarray, rows_a: int, rows_b: int) -> int:
+    if a.ndim == 2 and b.ndim == 2 and rows_a != rows_b:
+        raise TqValueError(f"queries have {rows_a} rows but codes have {rows_b}")
+    return rows_b if b.ndim == 2 else rows_a
+
+
+def _ptr(ctype: str, a: np.ndarray):
+    return ffi.from_buffer(ctype, a)
+
+
+# ---- the type table ----
+
+def type_info(type: str) -> TypeInfo:
+    return _type(type)
+
+
+def block_bytes(type: str) -> int:
+    return _type(type).block_bytes
+
+
+def bits_per_value(type: str) -> float:
+    return _type(type).bits_per_value
+
+
+def row_bytes(type: str, n: int) -> int:
+    """Bytes of the code of n values (n a positive multiple of BLOCK)."""
+    return lib.tq_row_bytes(_type(type).id, _length(n))
+
+
+def codebook(bits: int) -> np.ndarray:
+    """The 2**bits Lloyd-Max centroids at unit variance, ascending (bits 1..4)."""
+    bits = _int(bits, "bits")
+    if not 1 <= bits <= 4:
+        raise TqValueError(f"no codebook for {bits} bits; bit widths 1 to 4 exist")
+    out = np.empty(1 << bits, dtype=np.float32)
+    check(lib.tq_codebook(bits, _ptr("float[]", out), out.size), "codebook")
+    return out
+
+
+# ---- rows of already-rotated values ----
+
+def _quantize(fn, x: np.ndarray, type: str, name: str) -> np.ndarray:
+    info = _type(type)
+    x = _floats(x, "x")
+    n = x.shape[-1]
+    out = np.empty(x.shape[:-1] + (lib.tq_row_bytes(info.id, n),), dtype=np.uint8)
+    if x.size:  # blocks are independent, so all rows go in one call
+        check(fn(info.id, _ptr("float[]", x), _ptr("uint8_t[]", out), x.size), name)
+    return out
+
+
+def quantize(x: np.ndarray, type: str) -> np.ndarray:
+    """Code rows of float32 values (last dimension a multiple of BLOCK) with the least-squares scale."""
+    return _quantize(lib.tq_quantize, x, type, "quantize")
+
+
+def quantize_rms_scale(x: np.ndarray, type: str) -> np.ndarray:
+    """As quantize, with each block's scale set to its RMS (the paper's norm scaling)."""
+    return _quantize(lib.tq_quantize_rms_scale, x, type, "quantize_rms_scale")
+
+
+def dequantize(codes: Codes, type: str, n: int | None = None) -> np.ndarray:
+    """Decode rows of codes to float32; n, the values per row, is inferred from the size if omitted."""
+    info = _type(type)
+    codes = _codes(codes)
+    n = _infer_n(codes, info) if n is None else _length(n)
+    rows = _code_rows(codes, info, n)
+    out = np.empty(codes.shape[:-1] + (n,), dtype=np.float32)
+    if out.size:
+        check(lib.tq_dequantize(info.id, _ptr("uint8_t[]", codes), _ptr("float[]", out), rows * n), "dequantize")
+    return out
+
+
+def dot(q: np.ndarray, codes: Codes, type: str) -> float | np.ndarray:
+    """<q, row> for coded rows. One query and one row give a float; a 2-D side is a batch
+    (row i of a 2-D q meets row i of 2-D codes; a 1-D side is shared by every row)."""
+    info = _type(type)
+    q = _floats(q, "q")
+    codes = _codes(codes)
+    n = q.shape[-1]
+    rows_c = _code_rows(codes, info, n)
+    rows_q = 1 if q.ndim == 1 else q.shape[0]
+    rows = _pair_rows(q, codes, rows_q, rows_c)
+    rb = codes.shape[-1]
+    qp, cp = _ptr("float[]", q), _ptr("uint8_t[]", codes)
+    res = ffi.new("float *")
+    out = np.empty(rows, dtype=np.float32)
+    for i in range(rows):
+        qi = qp + (i * n if q.ndim == 2 else 0)
+        ci = cp + (i * rb if codes.ndim == 2 else 0)
+        check(lib.tq_dot(info.id, qi, ci, n, res), "dot")
+        out[i] = res[0]
+    return float(out[0]) if q.ndim == 1 and codes.ndim == 1 else out
+
+
+# ---- the seeded rotation and the full transform ----
+
+def _rotation(fn, x: np.ndarray, seed: int, name: str) -> np.ndarray:
+    x = _floats(x, "x", rotation=True)
+    seed = _seed(seed)
+    d = x.shape[-1]
+    out = np.empty_like(x)
+    xp, yp = _ptr("float[]", x), _ptr("float[]", out)
+    for i in range(x.size // d):
+        check(fn(xp + i * d, yp + i * d, d, seed), name)
+    return out
+
+
+def rotate(x: np.ndarray, *, seed: int) -> np.ndarray:
+    """The seeded randomized Hadamard rotation of each row (d = last dimension, a power of two 64..1024)."""
+    return _rotation(lib.tq_rotate, x, seed, "rotate")
+
+
+def unrotate(y: np.ndarray, *, seed: int) -> np.ndarray:
+    """The inverse of rotate with the same seed."""
+    return _rotation(lib.tq_unrotate, y, seed, "unrotate")
+
+
+def encode(x: np.ndarray, type: str, *, seed: int) -> np.ndarray:
+    """Rotate each row with `seed`, then code it: tq_encode."""
+    info = _type(type)
+    x = _floats(x, "x", rotation=True)
+    seed = _seed(seed)
+    d = x.shape[-1]
+    rb = lib.tq_row_bytes(info.id, d)
+    out = np.empty(x.shape[:-1] + (rb,), dtype=np.uint8)
+    xp, yp = _ptr("float[]", x), _ptr("uint8_t[]", out)
+    for i in range(x.size // d):
+        check(lib.tq_encode(info.id, xp + i * d, yp + i * rb, d, seed), "encode")
+    return out
+
+
+def decode(codes: Codes, type: str, d: int | None = None, *, seed: int) -> np.ndarray:
+    """Decode each row and undo the rotation: tq_decode. d is inferred from the size if omitted."""
+    info = _type(type)
+    codes = _codes(codes)
+    d = _dim(_infer_n(codes, info) if d is None else d)
+    seed = _seed(seed)
+    rows = _code_rows(codes, info, d)
+    rb = codes.shape[-1]
+    out = np.empty(codes.shape[:-1] + (d,), dtype=np.float32)
+    cp, xp = _ptr("uint8_t[]", codes), _ptr("float[]", out)
+    for i in range(rows):
+        check(lib.tq_decode(info.id, cp + i * rb, xp + i * d, d, seed), "decode")
+    return out
+
+
+def inner_product(q: np.ndarray, codes: Codes, type: str, *, seed: int) -> float | np.ndarray:
+    """<q, x> estimated from encode(x, type, seed=seed); rows pair up as in dot()."""
+    info = _type(type)
+    q = _floats(q, "q", rotation=True)
+    codes = _codes(codes)
+    seed = _seed(seed)
+    d = q.shape[-1]
+    rows_c = _code_rows(codes, info, d)
+    rows = _pair_rows(q, codes, 1 if q.ndim == 1 else q.shape[0], rows_c)
+    rb = codes.shape[-1]
+    qp, cp = _ptr("float[]", q), _ptr("uint8_t[]", codes)
+    res = ffi.new("float *")
+    out = np.empty(rows, dtype=np.float32)
+    for i in range(rows):
+        qi = qp + (i * d if q.ndim == 2 else 0)
+        ci = cp + (i * rb if codes.ndim == 2 else 0)
+        check(lib.tq_inner_product(info.id, qi, ci, d, seed, res), "inner_product")
+        out[i] = res[0]
+    return float(out[0]) if q.ndim == 1 and codes.ndim == 1 else out
+
+
+# ---- CPU dispatch ----
+
+def _isa_names(mask: int) -> tuple[str, ...]:
+    return tuple(name for name, bit in _ISA_BITS.items() if bit == lib.TQ_ISA_PORTABLE or mask & bit)
+
+
+def isa_available() -> tuple[str, ...]:
+    """Instruction sets this CPU and this build can run, "portable" first."""
+    return _isa_names(lib.tq_cpu_isa_available())
+
+
+def isa_active() -> str:
+    """The instruction set the kernels use now."""
+    return ffi.string(lib.tq_isa_name(lib.tq_isa_active())).decode()
+
+
+def reset_isa() -> None:
+    """Back to the best instruction set available."""
+    lib.tq_reset_isa()
+
+
+class force_isa:
+    """Run the kernels on one instruction set (tests, benchmarks). Takes effect at once; used as a
+    context manager it restores the previous one on exit, otherwise reset_isa() does."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or name not in _ISA_BITS:
+            raise TqValueError(f"unknown instruction set {name!r}; valid names: {', '.join(ISA_NAMES)}")
+        if name not in isa_available():
+            raise TqIsaError(f"instruction set {name!r} is not available here; available: "
+                             f"{', '.join(isa_available())}")
+        self.name = name
+        self._previous = lib.tq_isa_active()
+        check(lib.tq_force_isa(_ISA_BITS[name]), f"force_isa({name!r})")
+
+    def __enter__(self) -> force_isa:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        check(lib.tq_force_isa(self._previous), "force_isa: restoring the previous instruction set")
