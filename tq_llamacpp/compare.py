@@ -1,0 +1,198 @@
+"""Cache types side by side: llama-perplexity with KL-divergence against an f16 cache.
+
+One f16 run saves the reference log-probabilities (cached per model, text, ctx and chunks); each
+cache type then runs with --kl-divergence against it. Shared by `tq-llama compare` and benchmarks/.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ._libs import tool
+from .cache_types import CacheType, pair_name, parse_pair
+from .data import cache_dir
+from .llama import check_cache_types, kv_bytes
+
+
+@dataclass
+class Result:
+    type: str
+    bits_per_value: float  # mean of K and V, every scale counted
+    kv_mib: float  # at the compared context length
+    ppl: float
+    kld_mean: Optional[float]
+    kld_999: Optional[float]
+    same_top_p: Optional[float]  # percent of tokens whose top-1 matches the f16 cache's
+    tokens_per_s: Optional[float]  # prompt processing: llama-perplexity's first pass
+
+
+_FLOAT = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+_PATTERNS = {
+    "ppl_q": re.compile(r"Mean PPL\(Q\)\s*:\s*" + _FLOAT),
+    "ppl_final": re.compile(r"Final estimate: PPL = " + _FLOAT),
+    "kld_mean": re.compile(r"Mean\s+KLD:\s*" + _FLOAT),
+    "kld_999": re.compile(r"99\.9%\s+KLD:\s*" + _FLOAT),
+    "same_top_p": re.compile(r"Same top p:\s*" + _FLOAT),
+    "sec_per_pass": re.compile(r": " + _FLOAT + r" seconds per pass"),
+}
+# "calculating perplexity over 20 chunks, n_ctx=512, batch_size=2048, n_seq=4" (KLD runs: "computing over")
+_PASS = re.compile(r"over (\d+) chunks, n_ctx=(\d+), batch_size=\d+, n_seq=(\d+)")
+_CHUNK_LINE = re.compile(r"^\s*\[?(\d+)\]?")
+
+
+def parse_output(text: str) -> dict[str, Optional[float]]:
+    out: dict[str, Optional[float]] = {}
+    for key, pat in _PATTERNS.items():
+        m = pat.findall(text)
+        out[key] = float(m[-1]) if m else None
+    # llama-perplexity times its first pass: n_seq chunks of n_ctx tokens evaluated together
+    p = _PASS.search(text)
+    out["tps"] = None
+    if p and out["sec_per_pass"]:
+        chunks, n_ctx, n_seq = (int(g) for g in p.groups())
+        out["tps"] = min(chunks, n_seq) * n_ctx / out["sec_per_pass"]
+    return out
+
+
+def _run(cmd: Sequence[str], label: str, chunks: int, progress: Optional[Callable[[str], None]]) -> str:
+    """Run llama-perplexity, reporting chunk progress; return its whole output."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            encoding="utf-8", errors="replace")
+    lines = []
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        lines.append(line)
+        # PPL runs print "[1]12.3,[2]..." and KLD runs one line per chunk starting with its number
+        done = max([int(n) for n in re.findall(r"\[(\d+)\]", line)] or [0])
+        m = re.match(r"^\s{0,3}(\d+)\s{4}", line)
+        if m:
+            done = max(done, int(m.group(1)))
+        if progress and done > seen:
+            seen = done
+            progress(f"{label}: chunk {seen}/{chunks}")
+    rc = proc.wait()
+    text = "".join(lines)
+    if rc != 0:
+        tail = "".join(lines[-15:])
+        raise RuntimeError(f"llama-perplexity failed for {label} (exit {rc}):\n{tail}")
+    return text
+
+
+def _base_file(model: Path, text: Path, ctx: int, chunks: int) -> Path:
+    h = hashlib.sha256()
+    for p in (model, text):
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(f"{ctx}:{chunks}".encode())
+    d = cache_dir() / "kld"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{model.stem}-{h.hexdigest()[:16]}.kld"
+
+
+def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunks: int = 20,
+            threads: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
+            extra_args: Sequence[str] = ()) -> list[Result]:
+    """KLD, PPL and speed of each cache type (or K/V pair) against the f16 cache."""
+    model, text = Path(model), Path(text)
+    if not text.is_file():
+        raise FileNotFoundError(f"text file not found: {text}")
+    pairs: list[tuple[CacheType, CacheType]] = [parse_pair(t) for t in types]
+    for k, v in pairs:
+        check_cache_types(model, k, v)
+    threads = threads or os.cpu_count() or 1
+    exe = str(tool("llama-perplexity"))
+    common = [exe, "-m", str(model), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks), "-t", str(threads),
+              "-fa", "on", *extra_args]
+    base = _base_file(model, text, ctx, chunks)
+    results = []
+    base_ppl = None
+    if not base.exists():
+        tmp = base.with_suffix(".tmp")
+        out = _run(common + ["-ctk", "f16", "-ctv", "f16", "--kl-divergence-base", str(tmp)], "f16 reference",
+                   chunks, progress)
+        tmp.replace(base)
+        base_ppl = parse_output(out)["ppl_final"]
+    for k, v in pairs:
+        label = pair_name(k, v)
+        out = _run(common + ["-ctk", k.name, "-ctv", v.name, "--kl-divergence-base", str(base), "--kl-divergence"],
+                   label, chunks, progress)
+        r = parse_output(out)
+        ppl = r["ppl_q"] if r["ppl_q"] is not None else base_ppl
+        if ppl is None:
+            raise RuntimeError(f"could not read the perplexity of {label} from llama-perplexity's output")
+        results.append(Result(
+            type=label,
+            bits_per_value=(k.bits_per_value + v.bits_per_value) / 2,
+            kv_mib=kv_bytes(model, k, v, n_ctx=ctx) / 2**20,
+            ppl=ppl,
+            kld_mean=r["kld_mean"],
+            kld_999=r["kld_999"],
+            same_top_p=r["same_top_p"],
+            tokens_per_s=r["tps"],
+        ))
+    return results
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(results: Sequence[Result], title: str = "") -> str:
+    rows = [f"{title}\n" if title else "",
+            "| cache K/V | bits/value | KV MiB | PPL | mean KLD | 99.9% KLD | same top-1 % | tokens/s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r.type} | {r.bits_per_value:.2f} | {r.kv_mib:.1f} | {r.ppl:.4f} | {_fmt(r.kld_mean, '.5f')} "
+                    f"| {_fmt(r.kld_999, '.4f')} | {_fmt(r.same_top_p, '.2f')} | {_fmt(r.tokens_per_s, '.1f')} |")
+    return "\n".join(x for x in rows if x) + "\n"
+
+
+def write_outputs(results: Sequence[Result], out_dir: Path, meta: dict, stem: str = "compare") -> list[Path]:
+    """<stem>.md, <stem>.json and <stem>.png (mean KLD against bits/value, log scale)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / f"{stem}.md"
+    md.write_text(markdown(results, meta.get("title", "")) + "\n" + meta.get("how", "") + "\n")
+    js = out_dir / f"{stem}.json"
+    js.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+    paths = [md, js]
+    png = out_dir / f"{stem}.png"
+    import matplotlib  # noqa: PLC0415  (slow import: only when a plot is written)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in results:
+        if r.kld_mean is None or r.kld_mean <= 0:
+            continue
+        tq = r.type.startswith("tq")
+        ax.scatter(r.bits_per_value, r.kld_mean, color="tab:red" if tq else "tab:blue", zorder=3)
+        ax.annotate(r.type, (r.bits_per_value, r.kld_mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per value (K/V mean, scales included)")
+    ax.set_ylabel("mean KLD vs f16 cache (lower is better)")
+    ax.set_title(meta.get("title", "KV cache quality"), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    paths.append(png)
+    return paths
+
+
+def stderr_progress(msg: str) -> None:
+    sys.stderr.write(f"\r\x1b[K{msg}" if sys.stderr.isatty() else msg + "\n")
+    sys.stderr.flush()
+
+
+def now_stamp() -> str:
+    return time.strftime("%Y-%m-%d")

@@ -1,0 +1,97 @@
+"""`Llama`: llama-cpp-python's Llama with KV-cache types by name and the checks they need."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ._libs import import_llama_cpp
+from .cache_types import CACHE_TYPES, CacheType, cache_type
+from .gguf_meta import attention_shape, read_metadata
+
+llama_cpp = import_llama_cpp()
+
+TypeArg = Optional[Union[str, int, CacheType]]
+
+
+def _check_model(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return attention_shape(read_metadata(path))
+
+
+def check_cache_types(model_path: Union[str, Path], type_k: TypeArg, type_v: TypeArg) -> tuple[CacheType, CacheType]:
+    """Resolve the two cache types and check the model's head sizes fit their blocks."""
+    shape = _check_model(Path(model_path))
+    k = cache_type(type_k if type_k is not None else "f16")
+    v = cache_type(type_v if type_v is not None else "f16")
+    for which, t, hd in (("K", k, shape["head_dim_k"]), ("V", v, shape["head_dim_v"])):
+        if hd % t.block:
+            raise ValueError(
+                f"{Path(model_path).name} has head size {hd} for {which}, which the {t.name} cache cannot code: "
+                f"{t.name} needs a multiple of {t.block}; use one of "
+                + ", ".join(n for n, c in CACHE_TYPES.items() if hd % c.block == 0)
+            )
+    return k, v
+
+
+class Llama(llama_cpp.Llama):
+    """llama_cpp.Llama with type_k / type_v given as names ("tq3", "q8_0", ...) or ggml ids.
+
+    Flash attention is switched on when the cache needs it (a quantized V, or a tq K); passing
+    flash_attn=False with such a cache raises ValueError instead of failing inside llama.cpp.
+    """
+
+    def __init__(self, model_path: Union[str, Path], *, type_k: TypeArg = None, type_v: TypeArg = None,
+                 flash_attn: Optional[bool] = None, **kwargs: Any) -> None:
+        k, v = check_cache_types(model_path, type_k, type_v)
+        needs_fa = v.quantized or k.turboquant
+        if flash_attn is None:
+            flash_attn = needs_fa
+        elif not flash_attn and needs_fa:
+            why = f"a quantized V cache ({v.name})" if v.quantized else f"the {k.name} K cache"
+            raise ValueError(f"{why} needs flash attention: pass flash_attn=True or leave flash_attn unset")
+        self.cache_type_k, self.cache_type_v = k, v
+        super().__init__(str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn, **kwargs)
+
+    def close(self) -> None:
+        # llama_cpp.Llama.__del__ calls close(); after a refused __init__ there is nothing to close
+        if hasattr(self, "_stack"):
+            super().close()
+
+
+def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: TypeArg = None, n_ctx: int = 4096,
+             n_ubatch: int = 512) -> int:
+    """Bytes of KV cache llama.cpp allocates for one sequence of n_ctx tokens (sliding-window layers
+    keep only window + ubatch cells, as llama.cpp sizes them)."""
+    shape = _check_model(Path(model_path))
+    k = cache_type(type_k)
+    v = cache_type(type_v if type_v is not None else type_k)
+    pad = lambda n: (n + 255) // 256 * 256  # noqa: E731  llama.cpp pads cache sizes to 256 cells
+    full = pad(n_ctx)
+    swa = swa_layers(model_path, shape)
+    total = 0
+    for il in range(shape["n_layer"]):
+        cells = min(full, pad(shape["sliding_window"] + n_ubatch)) if swa[il] else full
+        nkv = shape["n_head_kv"][il]
+        if nkv == 0:
+            continue
+        total += cells * (k.row_bytes(nkv * shape["head_dim_k"]) + v.row_bytes(nkv * shape["head_dim_v"]))
+    return total
+
+
+# architectures whose sliding-window pattern llama.cpp hard-codes when the GGUF does not carry it
+_SWA_PERIOD = {"gemma3": 6, "gemma2": 2, "cohere2": 4}
+
+
+def swa_layers(model_path: Union[str, Path], shape: Optional[dict[str, Any]] = None) -> list[bool]:
+    meta = read_metadata(model_path)
+    shape = shape or attention_shape(meta)
+    n = shape["n_layer"]
+    if not shape["sliding_window"]:
+        return [False] * n
+    pattern = meta.get(f"{shape['arch']}.attention.sliding_window_pattern", _SWA_PERIOD.get(shape["arch"]))
+    if isinstance(pattern, list):
+        return [bool(p) for p in pattern[:n]]
+    if not pattern:
+        return [False] * n
+    return [il % pattern < pattern - 1 for il in range(n)]
