@@ -87,9 +87,10 @@ def _run(cmd: Sequence[str], label: str, chunks: int, progress: Optional[Callabl
     return text
 
 
-def _base_file(model: Path, text: Path, ctx: int, chunks: int) -> Path:
+def _base_file(model: Path, text: Path, ctx: int, chunks: int, exe: Path) -> Path:
+    """The f16 reference is reused while the model, text, settings and llama.cpp build are the same."""
     h = hashlib.sha256()
-    for p in (model, text):
+    for p in (model, text, exe):
         st = p.stat()
         h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
     h.update(f"{ctx}:{chunks}".encode())
@@ -112,7 +113,7 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
     exe = str(tool("llama-perplexity"))
     common = [exe, "-m", str(model), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks), "-t", str(threads),
               "-fa", "on", *extra_args]
-    base = _base_file(model, text, ctx, chunks)
+    base = _base_file(model, text, ctx, chunks, Path(exe))
     results = []
     base_ppl = None
     if not base.exists():
