@@ -4,9 +4,12 @@
 #
 #   TQ_CACHE_DIR          where the sdist is kept (default ~/.cache/tq-llamacpp); fetched with
 #                         `python -m pip download` when missing, then checked against its SHA-256
-#   TQ_CUDA               also build the CUDA backend (GGML_CUDA=ON); CMAKE_CUDA_ARCHITECTURES
-#                         defaults to 90
+#   TQ_CUDA               also build the CUDA backend (GGML_CUDA=ON) with the tq device code of
+#                         native/cuda; CMAKE_CUDA_ARCHITECTURES defaults to 90, GGML_CUDA_FA_QUANTS
+#                         to upstream's pairs plus the tq pairs below (TQ_CUDA_FA_QUANTS)
 #   TQ_LLAMA_EXTRA_TOOLS  also build and install llama-completion (a cheap CLI)
+#   TQ_LLAMA_SOURCE_DIR   build this already-patched llama.cpp tree instead (skips fetch, verify
+#                         and patching; benchmarks/gpu_bench.sh carries one to the GPU machine)
 #
 # The vendored tree is unpacked into the build directory and patched there; it is unpacked
 # again only when the sdist changes, and re-patched only when a patch or the series changes
@@ -31,6 +34,10 @@ endif()
 set(TQ_CACHE_DIR "${_tq_cache_default}" CACHE PATH "Where the llama-cpp-python sdist is kept")
 option(TQ_CUDA "Build llama.cpp with the CUDA backend (GGML_CUDA)" OFF)
 option(TQ_LLAMA_EXTRA_TOOLS "Also build and install llama-completion" OFF)
+# upstream's default pairs, then tq2/tq3/tq4 with themselves, q8_0-K and f16-K with each, and
+# tq4-K with the smaller tq-V types
+set(TQ_CUDA_FA_QUANTS
+    "q4_0-q4_0;q8_0-q8_0;f16-f16;bf16-bf16;tq2-tq2;tq3-tq3;tq4-tq4;q8_0-tq2;q8_0-tq3;q8_0-tq4;tq4-tq3;tq4-tq2;f16-tq2;f16-tq3;f16-tq4")
 
 # ---- patches/series: the sdist, its SHA-256 and the patches in order ------------------------
 if(NOT EXISTS "${TQ_SERIES}")
@@ -65,163 +72,179 @@ if(NOT _len EQUAL 64)
   message(FATAL_ERROR "patches/series must give the sdist's SHA-256 as '# sha256: <64 hex digits>'")
 endif()
 
-# ---- the sdist: fetch if missing, verify --------------------------------------------------
-set(TQ_SDIST "${TQ_CACHE_DIR}/${TQ_SDIST_NAME}")
-set(_tq_pip_args -m pip download --no-deps --no-binary :all:
-    "llama-cpp-python==${TQ_LLAMA_CPP_PYTHON_VERSION}" -d "${TQ_CACHE_DIR}")
-if(NOT EXISTS "${TQ_SDIST}")
-  if(NOT Python_EXECUTABLE)
-    find_package(Python COMPONENTS Interpreter REQUIRED)
+# ---- an already-patched tree instead of the sdist (TQ_LLAMA_SOURCE_DIR) --------------------
+# e.g. a trimmed copy carried to a machine without network access (benchmarks/gpu_bench.sh)
+set(TQ_LLAMA_SOURCE_DIR "" CACHE PATH
+    "An already-patched llama.cpp tree to build instead of the sdist plus patches/series (no fetch, no patching)")
+if(TQ_LLAMA_SOURCE_DIR)
+  get_filename_component(TQ_LLAMA_SOURCE_DIR "${TQ_LLAMA_SOURCE_DIR}" ABSOLUTE)
+  if(NOT EXISTS "${TQ_LLAMA_SOURCE_DIR}/CMakeLists.txt" OR NOT EXISTS "${TQ_LLAMA_SOURCE_DIR}/ggml/include/ggml.h")
+    message(FATAL_ERROR "tq: TQ_LLAMA_SOURCE_DIR=${TQ_LLAMA_SOURCE_DIR} is not a llama.cpp tree")
   endif()
-  message(STATUS "tq: fetching ${TQ_SDIST_NAME} into ${TQ_CACHE_DIR}")
-  file(MAKE_DIRECTORY "${TQ_CACHE_DIR}")
-  execute_process(COMMAND "${Python_EXECUTABLE}" ${_tq_pip_args}
-                  RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
-  if(NOT _rc EQUAL 0 OR NOT EXISTS "${TQ_SDIST}")
+  file(STRINGS "${TQ_LLAMA_SOURCE_DIR}/ggml/include/ggml.h" _tq_patched REGEX "GGML_TYPE_TQ3 ")
+  if(NOT _tq_patched)
+    message(FATAL_ERROR "tq: TQ_LLAMA_SOURCE_DIR=${TQ_LLAMA_SOURCE_DIR} lacks the tq types: apply patches/series to it first")
+  endif()
+  message(STATUS "tq: building the patched llama.cpp in ${TQ_LLAMA_SOURCE_DIR} as it is (no fetch, no patching)")
+else()
+  # ---- the sdist: fetch if missing, verify --------------------------------------------------
+  set(TQ_SDIST "${TQ_CACHE_DIR}/${TQ_SDIST_NAME}")
+  set(_tq_pip_args -m pip download --no-deps --no-binary :all:
+      "llama-cpp-python==${TQ_LLAMA_CPP_PYTHON_VERSION}" -d "${TQ_CACHE_DIR}")
+  if(NOT EXISTS "${TQ_SDIST}")
+    if(NOT Python_EXECUTABLE)
+      find_package(Python COMPONENTS Interpreter REQUIRED)
+    endif()
+    message(STATUS "tq: fetching ${TQ_SDIST_NAME} into ${TQ_CACHE_DIR}")
+    file(MAKE_DIRECTORY "${TQ_CACHE_DIR}")
+    execute_process(COMMAND "${Python_EXECUTABLE}" ${_tq_pip_args}
+                    RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+    if(NOT _rc EQUAL 0 OR NOT EXISTS "${TQ_SDIST}")
+      string(REPLACE ";" " " _cmd "${_tq_pip_args}")
+      message(FATAL_ERROR "tq: could not fetch ${TQ_SDIST_NAME}:\n${_out}\n"
+        "Fetch it by hand (needs network access), then configure again:\n"
+        "  python ${_cmd}\n"
+        "or point -DTQ_CACHE_DIR=<dir> at a folder that holds ${TQ_SDIST_NAME}.")
+    endif()
+  endif()
+  file(SHA256 "${TQ_SDIST}" _tq_sha)
+  if(NOT _tq_sha STREQUAL TQ_SDIST_SHA256)
     string(REPLACE ";" " " _cmd "${_tq_pip_args}")
-    message(FATAL_ERROR "tq: could not fetch ${TQ_SDIST_NAME}:\n${_out}\n"
-      "Fetch it by hand (needs network access), then configure again:\n"
-      "  python ${_cmd}\n"
-      "or point -DTQ_CACHE_DIR=<dir> at a folder that holds ${TQ_SDIST_NAME}.")
+    message(FATAL_ERROR "tq: ${TQ_SDIST} has SHA-256 ${_tq_sha}, expected ${TQ_SDIST_SHA256} "
+      "(patches/series). The file is damaged or not the pinned release. Delete it and configure "
+      "again to fetch it afresh, or fetch it by hand:\n  rm '${TQ_SDIST}'\n  python ${_cmd}")
   endif()
-endif()
-file(SHA256 "${TQ_SDIST}" _tq_sha)
-if(NOT _tq_sha STREQUAL TQ_SDIST_SHA256)
-  string(REPLACE ";" " " _cmd "${_tq_pip_args}")
-  message(FATAL_ERROR "tq: ${TQ_SDIST} has SHA-256 ${_tq_sha}, expected ${TQ_SDIST_SHA256} "
-    "(patches/series). The file is damaged or not the pinned release. Delete it and configure "
-    "again to fetch it afresh, or fetch it by hand:\n  rm '${TQ_SDIST}'\n  python ${_cmd}")
-endif()
 
-# ---- unpack vendor/llama.cpp (once per sdist) and apply the series (once per patch set) ----
-set(_tq_base "${CMAKE_BINARY_DIR}/tq-llama")
-set(TQ_LLAMA_SOURCE_DIR "${_tq_base}/llama.cpp")
-set(_tq_stamp_dir "${_tq_base}/stamp")
-set(_tq_member_root "llama_cpp_python-${TQ_LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp")
-file(MAKE_DIRECTORY "${_tq_stamp_dir}")
+  # ---- unpack vendor/llama.cpp (once per sdist) and apply the series (once per patch set) ----
+  set(_tq_base "${CMAKE_BINARY_DIR}/tq-llama")
+  set(TQ_LLAMA_SOURCE_DIR "${_tq_base}/llama.cpp")
+  set(_tq_stamp_dir "${_tq_base}/stamp")
+  set(_tq_member_root "llama_cpp_python-${TQ_LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp")
+  file(MAKE_DIRECTORY "${_tq_stamp_dir}")
 
-# extract members (paths under vendor/llama.cpp, or the whole tree when empty) into DEST/<root>
-function(_tq_extract dest)
-  set(_patterns "")
-  if(ARGN)
-    foreach(_f IN LISTS ARGN)
-      list(APPEND _patterns "${_tq_member_root}/${_f}")
-    endforeach()
-  else()
-    set(_patterns "${_tq_member_root}")
-  endif()
-  file(REMOVE_RECURSE "${dest}")
-  file(MAKE_DIRECTORY "${dest}")
-  if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.24)
-    # TOUCH: files get the current time, so that whatever was built from an older tree rebuilds
-    file(ARCHIVE_EXTRACT INPUT "${TQ_SDIST}" DESTINATION "${dest}" PATTERNS ${_patterns} TOUCH)
-  else()
-    file(ARCHIVE_EXTRACT INPUT "${TQ_SDIST}" DESTINATION "${dest}" PATTERNS ${_patterns})
-    file(GLOB_RECURSE _all LIST_DIRECTORIES false "${dest}/*")
-    if(_all)
-      file(TOUCH_NOCREATE ${_all})
-    endif()
-  endif()
-endfunction()
-
-set(_tq_src_stamp "${_tq_stamp_dir}/source.txt")
-set(_tq_patch_stamp "${_tq_stamp_dir}/patches.txt")
-set(_tq_touched "${_tq_stamp_dir}/touched.txt") # the files the applied patch set touches
-set(_tq_have "")
-if(EXISTS "${_tq_src_stamp}")
-  file(READ "${_tq_src_stamp}" _tq_have)
-endif()
-if(NOT _tq_have STREQUAL TQ_SDIST_SHA256 OR NOT EXISTS "${TQ_LLAMA_SOURCE_DIR}/CMakeLists.txt")
-  message(STATUS "tq: unpacking vendor/llama.cpp from ${TQ_SDIST_NAME}")
-  file(REMOVE "${_tq_src_stamp}" "${_tq_patch_stamp}" "${_tq_touched}")
-  file(REMOVE_RECURSE "${TQ_LLAMA_SOURCE_DIR}")
-  _tq_extract("${_tq_base}/unpack")
-  file(RENAME "${_tq_base}/unpack/${_tq_member_root}" "${TQ_LLAMA_SOURCE_DIR}")
-  # a submodule link into llama-cpp-python's .git, which the sdist does not carry
-  file(REMOVE "${TQ_LLAMA_SOURCE_DIR}/.git")
-  file(REMOVE_RECURSE "${_tq_base}/unpack")
-  file(WRITE "${_tq_src_stamp}" "${TQ_SDIST_SHA256}")
-endif()
-
-# the patch set's identity: the sdist, then every patch's name and content, in order
-set(_tq_want "${TQ_SDIST_SHA256}")
-set(_tq_new_files "")
-foreach(_p IN LISTS TQ_PATCHES)
-  file(SHA256 "${TQ_PATCH_DIR}/${_p}" _h)
-  string(APPEND _tq_want "\n${_p} ${_h}")
-  file(STRINGS "${TQ_PATCH_DIR}/${_p}" _plus REGEX "^\\+\\+\\+ ")
-  foreach(_l IN LISTS _plus)
-    if(_l MATCHES "^\\+\\+\\+ [^/\t ]+/([^\t ]+)")
-      list(APPEND _tq_new_files "${CMAKE_MATCH_1}")
-    endif()
-  endforeach()
-endforeach()
-set(_tq_have "")
-if(EXISTS "${_tq_patch_stamp}")
-  file(READ "${_tq_patch_stamp}" _tq_have)
-endif()
-if(NOT _tq_have STREQUAL _tq_want)
-  find_program(TQ_PATCH_EXECUTABLE patch)
-  if(NOT TQ_PATCH_EXECUTABLE)
-    message(FATAL_ERROR "tq: the 'patch' program is needed to patch llama.cpp (apt-get install patch)")
-  endif()
-  # Patch pristine copies of the files the old and the new patch set touch in a staging tree,
-  # then copy over only the files whose content changed: the tree is never left half-patched,
-  # and an edit to one patch rebuilds only what it changes.
-  set(_tq_old_files "")
-  if(EXISTS "${_tq_touched}")
-    file(STRINGS "${_tq_touched}" _tq_old_files)
-  endif()
-  set(_tq_all_files ${_tq_old_files} ${_tq_new_files})
-  list(REMOVE_DUPLICATES _tq_all_files)
-  # which of them the sdist has (the others are created by patches)
-  execute_process(COMMAND "${CMAKE_COMMAND}" -E tar tf "${TQ_SDIST}"
-                  OUTPUT_VARIABLE _members RESULT_VARIABLE _rc)
-  if(NOT _rc EQUAL 0)
-    message(FATAL_ERROR "tq: cannot list ${TQ_SDIST}")
-  endif()
-  string(REPLACE "\n" ";" _members "${_members}")
-  set(_tq_pristine_files "")
-  foreach(_f IN LISTS _tq_all_files)
-    if("${_tq_member_root}/${_f}" IN_LIST _members)
-      list(APPEND _tq_pristine_files "${_f}")
-    endif()
-  endforeach()
-  set(_stage "${_tq_base}/stage")
-  if(_tq_pristine_files)
-    _tq_extract("${_stage}" ${_tq_pristine_files})
-  else()
-    file(REMOVE_RECURSE "${_stage}")
-  endif()
-  set(_stage_root "${_stage}/${_tq_member_root}")
-  file(MAKE_DIRECTORY "${_stage_root}")
-  foreach(_p IN LISTS TQ_PATCHES)
-    message(STATUS "tq: applying patches/${_p}")
-    execute_process(
-      COMMAND "${TQ_PATCH_EXECUTABLE}" -p1 --forward --batch --no-backup-if-mismatch
-              --reject-file=- -i "${TQ_PATCH_DIR}/${_p}"
-      WORKING_DIRECTORY "${_stage_root}"
-      RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
-    if(NOT _rc EQUAL 0)
-      message(FATAL_ERROR "tq: patches/${_p} does not apply to vendor/llama.cpp of "
-        "${TQ_SDIST_NAME}:\n${_out}\nFix or regenerate that patch "
-        "(scripts/llamacpp-patches.sh) and configure again.")
-    endif()
-  endforeach()
-  foreach(_f IN LISTS _tq_all_files)
-    if(EXISTS "${_stage_root}/${_f}")
-      get_filename_component(_d "${TQ_LLAMA_SOURCE_DIR}/${_f}" DIRECTORY)
-      file(MAKE_DIRECTORY "${_d}")
-      file(COPY_FILE "${_stage_root}/${_f}" "${TQ_LLAMA_SOURCE_DIR}/${_f}" ONLY_IF_DIFFERENT)
+  # extract members (paths under vendor/llama.cpp, or the whole tree when empty) into DEST/<root>
+  function(_tq_extract dest)
+    set(_patterns "")
+    if(ARGN)
+      foreach(_f IN LISTS ARGN)
+        list(APPEND _patterns "${_tq_member_root}/${_f}")
+      endforeach()
     else()
-      file(REMOVE "${TQ_LLAMA_SOURCE_DIR}/${_f}") # created by a patch that is gone
+      set(_patterns "${_tq_member_root}")
     endif()
+    file(REMOVE_RECURSE "${dest}")
+    file(MAKE_DIRECTORY "${dest}")
+    if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.24)
+      # TOUCH: files get the current time, so that whatever was built from an older tree rebuilds
+      file(ARCHIVE_EXTRACT INPUT "${TQ_SDIST}" DESTINATION "${dest}" PATTERNS ${_patterns} TOUCH)
+    else()
+      file(ARCHIVE_EXTRACT INPUT "${TQ_SDIST}" DESTINATION "${dest}" PATTERNS ${_patterns})
+      file(GLOB_RECURSE _all LIST_DIRECTORIES false "${dest}/*")
+      if(_all)
+        file(TOUCH_NOCREATE ${_all})
+      endif()
+    endif()
+  endfunction()
+
+  set(_tq_src_stamp "${_tq_stamp_dir}/source.txt")
+  set(_tq_patch_stamp "${_tq_stamp_dir}/patches.txt")
+  set(_tq_touched "${_tq_stamp_dir}/touched.txt") # the files the applied patch set touches
+  set(_tq_have "")
+  if(EXISTS "${_tq_src_stamp}")
+    file(READ "${_tq_src_stamp}" _tq_have)
+  endif()
+  if(NOT _tq_have STREQUAL TQ_SDIST_SHA256 OR NOT EXISTS "${TQ_LLAMA_SOURCE_DIR}/CMakeLists.txt")
+    message(STATUS "tq: unpacking vendor/llama.cpp from ${TQ_SDIST_NAME}")
+    file(REMOVE "${_tq_src_stamp}" "${_tq_patch_stamp}" "${_tq_touched}")
+    file(REMOVE_RECURSE "${TQ_LLAMA_SOURCE_DIR}")
+    _tq_extract("${_tq_base}/unpack")
+    file(RENAME "${_tq_base}/unpack/${_tq_member_root}" "${TQ_LLAMA_SOURCE_DIR}")
+    # a submodule link into llama-cpp-python's .git, which the sdist does not carry
+    file(REMOVE "${TQ_LLAMA_SOURCE_DIR}/.git")
+    file(REMOVE_RECURSE "${_tq_base}/unpack")
+    file(WRITE "${_tq_src_stamp}" "${TQ_SDIST_SHA256}")
+  endif()
+
+  # the patch set's identity: the sdist, then every patch's name and content, in order
+  set(_tq_want "${TQ_SDIST_SHA256}")
+  set(_tq_new_files "")
+  foreach(_p IN LISTS TQ_PATCHES)
+    file(SHA256 "${TQ_PATCH_DIR}/${_p}" _h)
+    string(APPEND _tq_want "\n${_p} ${_h}")
+    file(STRINGS "${TQ_PATCH_DIR}/${_p}" _plus REGEX "^\\+\\+\\+ ")
+    foreach(_l IN LISTS _plus)
+      if(_l MATCHES "^\\+\\+\\+ [^/\t ]+/([^\t ]+)")
+        list(APPEND _tq_new_files "${CMAKE_MATCH_1}")
+      endif()
+    endforeach()
   endforeach()
-  file(REMOVE_RECURSE "${_stage}")
-  list(REMOVE_DUPLICATES _tq_new_files)
-  list(JOIN _tq_new_files "\n" _txt)
-  file(WRITE "${_tq_touched}" "${_txt}\n")
-  file(WRITE "${_tq_patch_stamp}" "${_tq_want}")
+  set(_tq_have "")
+  if(EXISTS "${_tq_patch_stamp}")
+    file(READ "${_tq_patch_stamp}" _tq_have)
+  endif()
+  if(NOT _tq_have STREQUAL _tq_want)
+    find_program(TQ_PATCH_EXECUTABLE patch)
+    if(NOT TQ_PATCH_EXECUTABLE)
+      message(FATAL_ERROR "tq: the 'patch' program is needed to patch llama.cpp (apt-get install patch)")
+    endif()
+    # Patch pristine copies of the files the old and the new patch set touch in a staging tree,
+    # then copy over only the files whose content changed: the tree is never left half-patched,
+    # and an edit to one patch rebuilds only what it changes.
+    set(_tq_old_files "")
+    if(EXISTS "${_tq_touched}")
+      file(STRINGS "${_tq_touched}" _tq_old_files)
+    endif()
+    set(_tq_all_files ${_tq_old_files} ${_tq_new_files})
+    list(REMOVE_DUPLICATES _tq_all_files)
+    # which of them the sdist has (the others are created by patches)
+    execute_process(COMMAND "${CMAKE_COMMAND}" -E tar tf "${TQ_SDIST}"
+                    OUTPUT_VARIABLE _members RESULT_VARIABLE _rc)
+    if(NOT _rc EQUAL 0)
+      message(FATAL_ERROR "tq: cannot list ${TQ_SDIST}")
+    endif()
+    string(REPLACE "\n" ";" _members "${_members}")
+    set(_tq_pristine_files "")
+    foreach(_f IN LISTS _tq_all_files)
+      if("${_tq_member_root}/${_f}" IN_LIST _members)
+        list(APPEND _tq_pristine_files "${_f}")
+      endif()
+    endforeach()
+    set(_stage "${_tq_base}/stage")
+    if(_tq_pristine_files)
+      _tq_extract("${_stage}" ${_tq_pristine_files})
+    else()
+      file(REMOVE_RECURSE "${_stage}")
+    endif()
+    set(_stage_root "${_stage}/${_tq_member_root}")
+    file(MAKE_DIRECTORY "${_stage_root}")
+    foreach(_p IN LISTS TQ_PATCHES)
+      message(STATUS "tq: applying patches/${_p}")
+      execute_process(
+        COMMAND "${TQ_PATCH_EXECUTABLE}" -p1 --forward --batch --no-backup-if-mismatch
+                --reject-file=- -i "${TQ_PATCH_DIR}/${_p}"
+        WORKING_DIRECTORY "${_stage_root}"
+        RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+      if(NOT _rc EQUAL 0)
+        message(FATAL_ERROR "tq: patches/${_p} does not apply to vendor/llama.cpp of "
+          "${TQ_SDIST_NAME}:\n${_out}\nFix or regenerate that patch "
+          "(scripts/llamacpp-patches.sh) and configure again.")
+      endif()
+    endforeach()
+    foreach(_f IN LISTS _tq_all_files)
+      if(EXISTS "${_stage_root}/${_f}")
+        get_filename_component(_d "${TQ_LLAMA_SOURCE_DIR}/${_f}" DIRECTORY)
+        file(MAKE_DIRECTORY "${_d}")
+        file(COPY_FILE "${_stage_root}/${_f}" "${TQ_LLAMA_SOURCE_DIR}/${_f}" ONLY_IF_DIFFERENT)
+      else()
+        file(REMOVE "${TQ_LLAMA_SOURCE_DIR}/${_f}") # created by a patch that is gone
+      endif()
+    endforeach()
+    file(REMOVE_RECURSE "${_stage}")
+    list(REMOVE_DUPLICATES _tq_new_files)
+    list(JOIN _tq_new_files "\n" _txt)
+    file(WRITE "${_tq_touched}" "${_txt}\n")
+    file(WRITE "${_tq_patch_stamp}" "${_tq_want}")
+  endif()
 endif()
 
 # ---- llama.cpp as a subproject --------------------------------------------------------------
@@ -251,6 +274,14 @@ function(_tq_add_llama_cpp)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
       set(CMAKE_CUDA_ARCHITECTURES 90 CACHE STRING "CUDA architectures" FORCE)
     endif()
+    # flash-attention vector kernels that read tq codes directly (decode): each K-V pair is one
+    # translation unit, so only these are built unless GGML_CUDA_FA_QUANTS is given. Other pairs
+    # with a tq side still run, converted to f16 (with a warning).
+    # (upstream's default is replaced too: a build folder configured before without TQ_CUDA has it)
+    if(NOT DEFINED CACHE{GGML_CUDA_FA_QUANTS} OR "$CACHE{GGML_CUDA_FA_QUANTS}" STREQUAL "q4_0-q4_0;q8_0-q8_0;f16-f16;bf16-bf16")
+      set(GGML_CUDA_FA_QUANTS "${TQ_CUDA_FA_QUANTS}" CACHE STRING
+          "FlashAttention vector kernels to compile: K-V type pairs (tq-llamacpp default)" FORCE)
+    endif()
   endif()
   add_subdirectory("${TQ_LLAMA_SOURCE_DIR}" "${CMAKE_BINARY_DIR}/llama.cpp" EXCLUDE_FROM_ALL)
 endfunction()
@@ -263,6 +294,14 @@ foreach(_t ggml-base ggml-cpu)
   endif()
   target_link_libraries(${_t} PRIVATE tq_native)
 endforeach()
+# ggml-cuda includes the header-only device code (native/cuda, which includes native/include);
+# it has no relocatable device code, so nothing is linked
+if(TQ_CUDA)
+  if(NOT TARGET ggml-cuda)
+    message(FATAL_ERROR "tq: llama.cpp did not define target ggml-cuda")
+  endif()
+  target_include_directories(ggml-cuda PRIVATE "${TQ_SOURCE_ROOT}/native/include" "${TQ_SOURCE_ROOT}/native/cuda")
+endif()
 
 # with BUILD_SHARED_LIBS the tools' libraries (llama-common, the *-impl libraries) are shared too
 set(TQ_LLAMA_LIBS llama ggml ggml-base ggml-cpu llama-common llama-perplexity-impl llama-bench-impl)

@@ -5,7 +5,8 @@
 #   scripts/llamacpp-patches.sh PRISTINE/vendor/llama.cpp WORK/vendor/llama.cpp
 #
 # Each patch is the `diff -ruN` of the files listed for it below (paths relative to
-# vendor/llama.cpp, applied with `patch -p1`). A changed file that no patch lists is an error.
+# vendor/llama.cpp, applied with `patch -p1`; a glob names files the patch creates, matched in
+# the working copy). A changed file that no patch lists is an error.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -20,6 +21,7 @@ PATCHES=(
     "0001-ggml-tq-types.patch:ggml/include/ggml.h ggml/src/ggml.c ggml/src/ggml-quants.c ggml/src/ggml-cpu/ggml-cpu.c ggml/src/ggml-cpu/ops.cpp"
     "0002-llama-tq-kv-cache.patch:src/llama-context.cpp src/llama-kv-cache.cpp common/arg.cpp tools/llama-bench/llama-bench.cpp"
     "0003-tests-tq-types.patch:tests/test-backend-ops.cpp tests/test-quantize-fns.cpp"
+    "0004-ggml-cuda-tq.patch:ggml/cmake/common.cmake ggml/src/ggml-cuda/cpy-utils.cuh ggml/src/ggml-cuda/cpy.cu ggml/src/ggml-cuda/set-rows.cu ggml/src/ggml-cuda/dequantize.cuh ggml/src/ggml-cuda/convert.cu ggml/src/ggml-cuda/getrows.cu ggml/src/ggml-cuda/fattn-common.cuh ggml/src/ggml-cuda/fattn-vec.cuh ggml/src/ggml-cuda/fattn.cu ggml/src/ggml-cuda/ggml-cuda.cu ggml/src/ggml-cuda/template-instances/generate_cu_files.py ggml/src/ggml-cuda/template-instances/fattn-vec-instance-*tq*.cu"
 )
 
 listed=()
@@ -27,7 +29,8 @@ for entry in "${PATCHES[@]}"; do
     name=${entry%%:*}
     files=${entry#*:}
     : > "$OUT/$name.tmp"
-    for f in $files; do
+    # patterns (new files) expand in the working copy
+    for f in $(cd "$W" && for p in $files; do echo $p; done); do
         listed+=("$f")
         if ! cmp -s "$P/$f" "$W/$f"; then
             echo "diff -ruN a/$f b/$f" >> "$OUT/$name.tmp"

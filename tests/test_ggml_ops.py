@@ -18,7 +18,7 @@ CASES = {
     "SET_ROWS": (TQ_TYPE, 140),
     "CPY": (TQ_TYPE, 80),
     "GET_ROWS": (TQ_TYPE, 40),
-    "FLASH_ATTN_EXT": ("type_[KV]=tq", 139),
+    "FLASH_ATTN_EXT": ("type_[KV]=tq", 218),
 }
 
 

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The GPU check and benchmark of the tq KV-cache types, in ONE call on the GPU machine (it has no
+# network and stays warm only briefly, so everything is built and run here in one go):
+#   1. the card, and the codec's own C selftest on the host CPU (AVX-512 there), with tq_bench
+#   2. configure + build llama.cpp with CUDA (sm_90) from the patched tree that scripts/gpu-tree.sh
+#      wrote to .tqdev/llama.cpp, through benchmarks/gpu/CMakeLists.txt -> cmake/llamacpp.cmake
+#      (TQ_CUDA=ON, TQ_LLAMA_SOURCE_DIR): only test-backend-ops, llama-bench and llama-perplexity
+#   3. test-backend-ops -b CUDA0 for every tq case (SET_ROWS, CPY, GET_ROWS, FLASH_ATTN_EXT) against
+#      the CPU, and a listing of CUDA support for them (no silent CPU fallback)
+#   4. test-backend-ops perf: decode attention over 32K keys, f16 / q8_0 / q4_0 / tq4 / tq3 / tq2
+#   5. llama-bench decode (tg64 at depths 0, 8192, 32768) on a synthetic Llama-3.1-8B-shaped Q4_0
+#      model, per cache type, as long as the time budget lasts
+# Logs go to $OUT (the device tool brings that folder back; at most 8 files) or benchmarks/out.
+#
+#   # here: the patched tree (41 MB) to carry along
+#   scripts/gpu-tree.sh
+#   # the device tool: run(command="bash benchmarks/gpu_bench.sh", carry=[".tqdev"])
+#
+#   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
+# Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
+# "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 q8_0 q4_0 tq4 tq3"),
+# TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+budget=${TQ_BUDGET:-570}
+steps=" ${TQ_STEPS:-selftest build test perf bench} "
+out=${OUT:-benchmarks/out}
+mkdir -p "$out"
+jobs=${JOBS:-$(nproc)}
+src=.tqdev/llama.cpp
+b=/tmp/tq-gpu-build
+sum=$out/summary.txt
+
+left() { echo $((budget - ($(date +%s) - start))); }
+say() { echo "[$(($(date +%s) - start))s] $*" | tee -a "$sum"; }
+want() { [[ $steps == *" $1 "* ]]; }
+
+: > "$sum"
+say "gpu_bench.sh $(date -u +%FT%TZ), budget ${budget}s, steps:$steps"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader || true
+  grep -m1 'model name' /proc/cpuinfo; echo "$(nproc) cores"; nvcc --version | tail -1; cmake --version | head -1; } 2>&1 | tee -a "$sum"
+
+# ---- 1. the codec on the host CPU -------------------------------------------------------------
+if want selftest; then
+    n=/tmp/tq-native
+    { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build $n -j "$jobs" >/dev/null &&
+      for t in tests/tq_selftest tests/tq_isa_stress bench/tq_bench; do
+          cc -std=c11 -O2 -ffp-contract=off -Inative/include native/$t.c $n/libtq_native.a -lm -o $n/$(basename $t) || exit 1
+      done
+      echo "== tq_selftest"; $n/tq_selftest
+      echo "== tq_isa_stress 65536"; $n/tq_isa_stress 65536
+    } > "$out/native.log" 2>&1
+    say "native selftest rc=$? : $(grep -h 'failures' "$out/native.log" | tr '\n' ' ')"
+    # the CUDA device code of native/cuda against the C codec, byte for byte (no llama.cpp needed)
+    { nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_selftest.cu \
+          $n/libtq_native.a -o $n/tq_cuda_selftest && echo "== tq_cuda_selftest" && $n/tq_cuda_selftest; } >> "$out/native.log" 2>&1
+    say "cuda selftest rc=$? : $(grep -h 'FAIL\|^[0-9]* failures' "$out/native.log" | tail -12 | tr '\n' ';')"
+fi
+
+# ---- 2. build -------------------------------------------------------------------------------------
+if want build; then
+    [ -f $src/CMakeLists.txt ] || { say "no $src: run scripts/gpu-tree.sh before the call and carry .tqdev"; exit 1; }
+    t0=$(date +%s)
+    gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+    cmake -S benchmarks/gpu -B $b "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DTQ_LLAMA_SOURCE_DIR="$PWD/$src" -DGGML_CCACHE=OFF -DGGML_NATIVE=ON > "$out/build.log" 2>&1 &&
+    timeout $(( $(left) - 60 )) cmake --build $b -j "$jobs" --target ${TQ_TARGETS:-test-backend-ops llama-bench llama-perplexity} >> "$out/build.log" 2>&1
+    rc=$?
+    say "build rc=$rc in $(( $(date +%s) - t0 ))s ($(grep -c '\.cu\.o' "$out/build.log") CUDA objects); FA pairs: $(grep -o 'FlashAttention K-V type combinations:.*' "$out/build.log")"
+    if [ $rc -ne 0 ]; then
+        grep -B2 -A12 -m5 -E 'error|Error' "$out/build.log" | head -80 >> "$sum"
+        exit 1
+    fi
+fi
+bin=$(dirname "$(find $b -name test-backend-ops -type f -perm -u+x | head -1)")
+tbo=$bin/test-backend-ops
+
+# ---- 3. correctness against the CPU ---------------------------------------------------------------
+if want test; then
+    # which tq cases CUDA claims (supports_op): the unsupported ones would run on the CPU in a graph
+    $tbo support -b CUDA0 -o SET_ROWS,CPY,GET_ROWS,FLASH_ATTN_EXT -p '(=tq[234]j?[,)]|type_[KV]=tq)' > "$out/support.log" 2>&1
+    say "support: $(grep -c 'SUPPORTED' "$out/support.log") tq cases listed, $(grep -c 'NOT SUPPORTED' "$out/support.log") not supported on CUDA0"
+    grep 'NOT SUPPORTED' "$out/support.log" | cut -c1-150 | head -20 >> "$sum"
+    timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o SET_ROWS,CPY,GET_ROWS -p '=tq[234]j?[,)]' > "$out/tests.log" 2>&1
+    r1=$?
+    timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'type_[KV]=tq' >> "$out/tests.log" 2>&1
+    r2=$?
+    # upstream's own types next to ours: the patch must not have broken them
+    timeout 60 $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'hsk=128.*type_K=(q8_0|f16),type_V=(q8_0|f16)' >> "$out/tests.log" 2>&1
+    r3=$?
+    say "tests rc=$r1/$r2/$r3: $(grep -cE '^ +[A-Z_]+\(.*OK' "$out/tests.log") OK, $(grep -cE 'FAIL' "$out/tests.log") FAIL, $(grep -c 'not supported' "$out/tests.log") not supported; $(grep -E 'tests passed|Backend .*: (OK|FAIL)' "$out/tests.log" | tr '\n' ' ')"
+    grep -E 'FAIL' "$out/tests.log" | head -30 >> "$sum"
+    grep -E 'no FlashAttention vector kernel' "$out/tests.log" | sort -u | head >> "$sum"
+fi
+
+# ---- 4. kernel-level decode attention over 32K keys ---------------------------------------------
+if want perf && [ "$(left)" -gt 60 ]; then
+    timeout $(( $(left) - 30 )) $tbo perf -b CUDA0 -o FLASH_ATTN_EXT -p "${TQ_PERF_FILTER:-hsk=128,hsv=128,nh=8,nr23=\\[4,1\\],kv=32768,nb=1,}" > "$out/perf.log" 2>&1
+    say "perf rc=$?"
+    grep -E 'FLASH_ATTN_EXT' "$out/perf.log" | sed -E 's/permute=.*\)//' >> "$sum"
+fi
+
+# ---- 5. llama-bench on a synthetic Llama-3.1-8B-shaped model ------------------------------------
+if want bench && [ "$(left)" -gt 90 ]; then
+    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
+    PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/bench.log" 2>&1
+    say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
+    for t in ${TQ_BENCH_TYPES:-f16 q8_0 q4_0 tq4 tq3}; do
+        [ "$(left)" -gt 45 ] || { say "bench: out of time before $t"; break; }
+        timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 64 \
+            -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r 2 -o md >> "$out/bench.log" 2>&1
+        say "llama-bench $t rc=$?"
+    done
+    grep -E '^\| llama' "$out/bench.log" >> "$sum"
+fi
+
+# ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------
+if want sanitize && [ "$(left)" -gt 60 ]; then
+    { echo "== memcheck tq_cuda_selftest 2048"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/tq-native/tq_cuda_selftest 2048; echo "rc=$?"
+      echo "== memcheck test-backend-ops (tq3 SET_ROWS/CPY/GET_ROWS, tq3 vec decode)"
+      timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o SET_ROWS,CPY,GET_ROWS,FLASH_ATTN_EXT \
+          -p '(type_dst=tq3,|type_src=tq3,|type=tq3,|kv=512,nb=1,.*type_K=tq3,type_V=tq3)'; echo "rc=$?"
+      echo "== racecheck test-backend-ops (tq3 vec decode)"
+      timeout $(( $(left) - 20 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o FLASH_ATTN_EXT \
+          -p 'hsk=128,.*kv=512,nb=1,.*type_K=tq3,type_V=tq3'; echo "rc=$?"
+    } > "$out/sanitize.log" 2>&1
+    say "sanitize: $(grep -E '^rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize.log" | tr '\n' ' ')"
+fi
+
+if want selftest && [ "$(left)" -gt 30 ]; then
+    echo "== tq_bench" >> "$out/native.log"
+    timeout $(( $(left) - 10 )) /tmp/tq-native/tq_bench >> "$out/native.log" 2>&1
+fi
+say "done"

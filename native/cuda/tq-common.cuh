@@ -1,0 +1,110 @@
+// tq-common.cuh: device helpers shared by the TurboQuant CUDA headers (quantize, convert,
+// flash attention). Header-only: ggml-cuda is built without relocatable device code, so every
+// function is `static __device__ __forceinline__` and the only globals are the codebook tables
+// of tq-codebooks.h, which tq-math.h declares `static const __device__` under CUDA.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "tq-blocks.h"
+#include "tq-math.h"
+
+// fp16 scale bits -> float (exact, the same value as tq_fp16_to_fp32)
+static __device__ __forceinline__ float tq_cuda_half(const tq_half h) {
+    return __half2float(__ushort_as_half(h));
+}
+
+// 32-bit little-endian word at a 2-byte aligned address: tq blocks are 18/26/34 bytes long, so
+// their planes are only 2-byte aligned in a row of blocks
+static __device__ __forceinline__ uint32_t tq_cuda_load_u32(const uint8_t * p) {
+    const uint16_t * p16 = (const uint16_t *) p;
+    return (uint32_t) p16[0] | ((uint32_t) p16[1] << 16);
+}
+
+// The codes of values j..j+3 of a block (j % 4 == 0) as the four bytes of one word: one load,
+// one shift and one mask per bit plane (the layouts of tq-blocks.h).
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq2(const block_tq2 * b, const int j) {
+    return (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq3(const block_tq3 * b, const int j) {
+    const uint32_t lo = (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
+    const uint32_t hi = (tq_cuda_load_u32(b->qh + (j & 7)) >> (j >> 3)) & 0x01010101u;
+    return lo | (hi << 2);
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq4(const block_tq4 * b, const int j) {
+    return (tq_cuda_load_u32(b->qs + (j & 31)) >> (4 * (j >> 5))) & 0x0f0f0f0fu;
+}
+
+// the same for the MSE codes of the QJL types (tq3j: 2-bit planes of tq2, tq4j: 3-bit of tq3)
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq3j(const block_tq3j * b, const int j) {
+    return (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq4j(const block_tq4j * b, const int j) {
+    const uint32_t lo = (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
+    const uint32_t hi = (tq_cuda_load_u32(b->qh + (j & 7)) >> (j >> 3)) & 0x01010101u;
+    return lo | (hi << 2);
+}
+
+// Type traits for templates: block struct, code bits, codebook.
+template <typename block_t> struct tq_cuda_traits;
+template <> struct tq_cuda_traits<block_tq2> {
+    static constexpr int bits = 2;
+    static __device__ __forceinline__ uint32_t codes4(const block_tq2 * b, int j) { return tq_cuda_codes4_tq2(b, j); }
+};
+template <> struct tq_cuda_traits<block_tq3> {
+    static constexpr int bits = 3;
+    static __device__ __forceinline__ uint32_t codes4(const block_tq3 * b, int j) { return tq_cuda_codes4_tq3(b, j); }
+};
+template <> struct tq_cuda_traits<block_tq4> {
+    static constexpr int bits = 4;
+    static __device__ __forceinline__ uint32_t codes4(const block_tq4 * b, int j) { return tq_cuda_codes4_tq4(b, j); }
+};
+template <> struct tq_cuda_traits<block_tq3j> {
+    static constexpr int bits = 2;
+    static __device__ __forceinline__ uint32_t codes4(const block_tq3j * b, int j) { return tq_cuda_codes4_tq3j(b, j); }
+};
+template <> struct tq_cuda_traits<block_tq4j> {
+    static constexpr int bits = 3;
+    static __device__ __forceinline__ uint32_t codes4(const block_tq4j * b, int j) { return tq_cuda_codes4_tq4j(b, j); }
+};
+
+// centroid of a code at unit scale
+template <int bits>
+static __device__ __forceinline__ float tq_cuda_centroid(const uint32_t code) {
+    if constexpr (bits == 2) {
+        return TQ_CODEBOOK_2[code];
+    } else if constexpr (bits == 3) {
+        return TQ_CODEBOOK_3[code];
+    } else {
+        static_assert(bits == 4, "tq: 2, 3 or 4 code bits");
+        return TQ_CODEBOOK_4[code];
+    }
+}
+
+// QJL term of value j: (S^T z)_j / sqrt(64) = D1_j * (H * D2 * H * z)_j for the sign vector z of qj.
+// H*z is computed whole (64-point butterflies), the last H only for row j. Every intermediate is a
+// multiple of 1/64 below 2^7, so this is exactly the value of tq_qjl_direction(qj)[j].
+static __device__ __forceinline__ void tq_cuda_qjl_term2(const uint8_t * qj, const int j, float & t0, float & t1) {
+    float w[TQ_BLOCK];
+#pragma unroll
+    for (int k = 0; k < TQ_BLOCK; ++k) {
+        w[k] = ((qj[k & 7] >> (k >> 3)) & 1) ? 1.0f : -1.0f;
+    }
+    tq_fwht64(w);
+    tq_flip64(w, TQ_QJL_D2);
+    float s0 = 0.0f;
+    float s1 = 0.0f;
+#pragma unroll
+    for (int k = 0; k < TQ_BLOCK; ++k) {
+        s0 += (__popc(j & k) & 1) ? -w[k] : w[k];
+        s1 += (__popc((j + 1) & k) & 1) ? -w[k] : w[k];
+    }
+    s0 *= 0.125f;
+    s1 *= 0.125f;
+    t0 = ((TQ_QJL_D1 >> j) & 1) ? -s0 : s0;
+    t1 = ((TQ_QJL_D1 >> (j + 1)) & 1) ? -s1 : s1;
+}

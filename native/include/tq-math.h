@@ -1,0 +1,430 @@
+/* tq-math.h: the per-block arithmetic of every TurboQuant format, written once for the C codec
+ * (src/tq_portable.c, the specification) and the CUDA kernels (the headers in cuda/), so that a
+ * GPU codes a block to the same bytes as the CPU.
+ *
+ * The canonical order of float operations (src/tq_impl.h) is spelled out with TQ_ADD / TQ_SUB /
+ * TQ_MUL / TQ_DIV / TQ_SQRT. In C they are the plain operators, and the library is built with
+ * -ffp-contract=off; under CUDA they are the IEEE round-to-nearest intrinsics, which nvcc never
+ * contracts into an FMA and which -use_fast_math (ggml-cuda's flag) does not approximate. One
+ * difference remains on CUDA: -use_fast_math flushes float denormals (|x| < 1.2e-38) to zero,
+ * so blocks whose values are that small may code differently.
+ *
+ * Functions are TQ_HOST_DEVICE: `static inline` for C, `static __device__ __forceinline__` for
+ * CUDA (ggml-cuda has no relocatable device code, so device functions live in headers).
+ * Codebooks are the tables of tq-codebooks.h; under CUDA they become `static const __device__`.
+ */
+#ifndef TQ_MATH_H
+#define TQ_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "tq-blocks.h"
+
+#if defined(__CUDACC__)
+#define TQ_HOST_DEVICE static __device__ __forceinline__
+#define TQ_UNROLL _Pragma("unroll")
+#define TQ_ADD(a, b) __fadd_rn((a), (b))
+#define TQ_SUB(a, b) __fsub_rn((a), (b))
+#define TQ_MUL(a, b) __fmul_rn((a), (b))
+#define TQ_DIV(a, b) __fdiv_rn((a), (b))
+#define TQ_SQRT(a) __fsqrt_rn(a)
+#ifndef TQ_TABLE
+#define TQ_TABLE(type, name, n) static const __device__ type name[n]
+#endif
+#else
+#define TQ_HOST_DEVICE static inline
+#define TQ_UNROLL
+#define TQ_ADD(a, b) ((a) + (b))
+#define TQ_SUB(a, b) ((a) - (b))
+#define TQ_MUL(a, b) ((a) * (b))
+#define TQ_DIV(a, b) ((a) / (b))
+#define TQ_SQRT(a) sqrtf(a)
+#endif
+
+#include "tq-codebooks.h"
+
+#define TQ_FP16_MAX 65504.0f
+#define TQ_HALF_NAN 0x7e00u
+
+/* ---- the QJL sign pattern -------------------------------------------------------------------
+ * The seed is a fixed constant, independent of any rotation seed. D1 and D2 (64 signs each) are
+ * the first two outputs of splitmix64 from it (tq_signs(TQ_QJL_SEED, ., 128) gives the same bits):
+ * bit j of D1 set = coordinate j flips. Written as constant expressions so that C and CUDA fold
+ * them at compile time instead of sharing a generated table. */
+#define TQ_QJL_SEED 0x9e3779b97f4a7c15ull
+#define TQ_SPLITMIX64_GAMMA 0x9e3779b97f4a7c15ull
+#define TQ_SM64_1(z) (((z) ^ ((z) >> 30)) * 0xbf58476d1ce4e5b9ull)
+#define TQ_SM64_2(z) (((z) ^ ((z) >> 27)) * 0x94d049bb133111ebull)
+#define TQ_SM64_3(z) ((z) ^ ((z) >> 31))
+#define TQ_SPLITMIX64_MIX(z) TQ_SM64_3(TQ_SM64_2(TQ_SM64_1(z)))
+#define TQ_QJL_D1 ((uint64_t)TQ_SPLITMIX64_MIX((uint64_t)(TQ_QJL_SEED + 1 * TQ_SPLITMIX64_GAMMA)))
+#define TQ_QJL_D2 ((uint64_t)TQ_SPLITMIX64_MIX((uint64_t)(TQ_QJL_SEED + 2 * TQ_SPLITMIX64_GAMMA)))
+/* sqrt(pi/2) / 64 * sqrt(64): the QJL decoder's factor per unit of gamma (see tq_qjl_add) */
+#define TQ_QJL_SCALE (1.2533141373155001f / 8.0f)
+
+/* ---- fp16 <-> fp32, round to nearest even, the same bits as F16C / NEON ---- */
+
+TQ_HOST_DEVICE float tq_fp16_to_fp32(tq_half h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {
+        /* subnormal half: man * 2^-24, exact in float */
+        float f = TQ_MUL((float)man, 1.0f / 16777216.0f);
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+TQ_HOST_DEVICE tq_half tq_fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (tq_half)(sign | (ax > 0x7f800000u ? TQ_HALF_NAN : 0x7c00u));
+    if (ax >= 0x477ff000u) return (tq_half)(sign | 0x7c00u); /* >= 65520 rounds to infinity */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: half subnormal */
+        if (ax < 0x33000000u) return (tq_half)sign;           /* below 2^-25: zero */
+        uint32_t e = ax >> 23;
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126u - e;
+        uint32_t h = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1u);
+        uint32_t half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (h & 1u))) h++;
+        return (tq_half)(sign | h);
+    }
+    uint32_t h = (ax - 0x38000000u) >> 13;
+    uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    return (tq_half)(sign | h);
+}
+
+/* ---- the canonical sums ---- */
+
+TQ_HOST_DEVICE float tq_fold16(float acc[16]) {
+    TQ_UNROLL
+    for (int h = 8; h >= 1; h >>= 1) {
+        TQ_UNROLL
+        for (int i = 0; i < h; i++) acc[i] = TQ_ADD(acc[i], acc[i + h]);
+    }
+    return acc[0];
+}
+
+/* Sum of squares of one block in the canonical order: 16 lanes, lane l adding l, l+16, l+32, l+48. */
+TQ_HOST_DEVICE float tq_block_sumsq(const float *x) {
+    float acc[16];
+    TQ_UNROLL
+    for (int l = 0; l < 16; l++) acc[l] = TQ_MUL(x[l], x[l]);
+    TQ_UNROLL
+    for (int r = 1; r < 4; r++) {
+        TQ_UNROLL
+        for (int l = 0; l < 16; l++) acc[l] = TQ_ADD(acc[l], TQ_MUL(x[l + 16 * r], x[l + 16 * r]));
+    }
+    return tq_fold16(acc);
+}
+
+TQ_HOST_DEVICE const float *tq_codebook_for(int bits) {
+    switch (bits) {
+    case 1: return TQ_CODEBOOK_1;
+    case 2: return TQ_CODEBOOK_2;
+    case 3: return TQ_CODEBOOK_3;
+    default: return TQ_CODEBOOK_4;
+    }
+}
+
+TQ_HOST_DEVICE const float *tq_bounds_for(int bits) {
+    switch (bits) {
+    case 1: return TQ_BOUNDS_1;
+    case 2: return TQ_BOUNDS_2;
+    case 3: return TQ_BOUNDS_3;
+    default: return TQ_BOUNDS_4;
+    }
+}
+
+/* Scale decisions shared by every ISA, given the block's canonical sum of squares:
+ * returns 0 for a zero block, 1 for a normal one (*rms, *inv = 1/rms), and 2 for a block past
+ * the fp16 range (codes against 65504, no refit). */
+TQ_HOST_DEVICE int tq_first_scale(float sumsq, float *inv, float *rms) {
+    if (sumsq == 0.0f) return 0;
+    float r = TQ_SQRT(TQ_MUL(sumsq, 1.0f / TQ_BLOCK));
+    if (r > TQ_FP16_MAX) { /* also catches sumsq overflowing to +inf */
+        *rms = TQ_FP16_MAX;
+        *inv = 1.0f / TQ_FP16_MAX;
+        return 2;
+    }
+    *rms = r;
+    *inv = TQ_DIV(1.0f, r);
+    return 1;
+}
+
+/* Least-squares scale for fixed codes: d = <x, c> / <c, c>; falls back to `fallback` if the
+ * products underflow. */
+TQ_HOST_DEVICE float tq_lsq_scale(float xc, float cc, float fallback) {
+    float d = TQ_DIV(xc, cc);
+    return d > 0.0f && d < INFINITY ? d : fallback;
+}
+
+TQ_HOST_DEVICE tq_half tq_store_scale(float d) {
+    return tq_fp32_to_fp16(d > TQ_FP16_MAX ? TQ_FP16_MAX : d);
+}
+
+/* ---- code planes (layouts in tq-blocks.h) ---- */
+
+TQ_HOST_DEVICE void tq_pack2(const uint8_t c[TQ_BLOCK], uint8_t qs[16]) {
+    TQ_UNROLL
+    for (int j = 0; j < 16; j++)
+        qs[j] = (uint8_t)((c[j] & 3) | (c[j + 16] & 3) << 2 | (c[j + 32] & 3) << 4 | (c[j + 48] & 3) << 6);
+}
+
+TQ_HOST_DEVICE void tq_pack1(const uint8_t c[TQ_BLOCK], int bit, uint8_t q[8]) {
+    TQ_UNROLL
+    for (int j = 0; j < 8; j++) {
+        unsigned v = 0;
+        TQ_UNROLL
+        for (int g = 0; g < 8; g++) v |= (unsigned)((c[j + 8 * g] >> bit) & 1) << g;
+        q[j] = (uint8_t)v;
+    }
+}
+
+TQ_HOST_DEVICE void tq_pack4(const uint8_t c[TQ_BLOCK], uint8_t qs[32]) {
+    TQ_UNROLL
+    for (int j = 0; j < 32; j++) qs[j] = (uint8_t)((c[j] & 15) | (c[j + 32] & 15) << 4);
+}
+
+TQ_HOST_DEVICE void tq_unpack2(const uint8_t qs[16], uint8_t c[TQ_BLOCK]) {
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) c[j] = (qs[j & 15] >> (2 * (j >> 4))) & 3;
+}
+
+TQ_HOST_DEVICE void tq_unpack1_or(const uint8_t q[8], int bit, uint8_t c[TQ_BLOCK]) {
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) c[j] |= (uint8_t)(((q[j & 7] >> (j >> 3)) & 1) << bit);
+}
+
+TQ_HOST_DEVICE void tq_unpack4(const uint8_t qs[32], uint8_t c[TQ_BLOCK]) {
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) c[j] = (qs[j & 31] >> (4 * (j >> 5))) & 15;
+}
+
+/* ---- the MSE code of one block ---- */
+
+/* code of each value: the number of decision boundaries strictly below x * inv */
+TQ_HOST_DEVICE void tq_assign_codes(int bits, const float *x, float inv, uint8_t c[TQ_BLOCK]) {
+    const float *bnd = tq_bounds_for(bits);
+    const int nb = (1 << bits) - 1;
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) {
+        float v = TQ_MUL(x[j], inv);
+        int k = 0;
+        for (int i = 0; i < nb; i++) k += v > bnd[i];
+        c[j] = (uint8_t)k;
+    }
+}
+
+TQ_HOST_DEVICE float tq_lsq_refit(int bits, const float *x, const uint8_t c[TQ_BLOCK], float fallback) {
+    const float *cb = tq_codebook_for(bits);
+    float xc[16], cc[16];
+    TQ_UNROLL
+    for (int l = 0; l < 16; l++) {
+        float v = cb[c[l]];
+        xc[l] = TQ_MUL(x[l], v);
+        cc[l] = TQ_MUL(v, v);
+    }
+    TQ_UNROLL
+    for (int r = 1; r < 4; r++) {
+        TQ_UNROLL
+        for (int l = 0; l < 16; l++) {
+            float v = cb[c[l + 16 * r]];
+            xc[l] = TQ_ADD(xc[l], TQ_MUL(x[l + 16 * r], v));
+            cc[l] = TQ_ADD(cc[l], TQ_MUL(v, v));
+        }
+    }
+    return tq_lsq_scale(tq_fold16(xc), tq_fold16(cc), fallback);
+}
+
+/* Codes and fp16 scale of one block. refit = 0 stores the RMS (the paper's norm scaling);
+ * refit = 1 picks codes at the RMS, refits the scale by least squares, picks codes again at
+ * that scale and refits once more (each step can only lower the block's squared error). */
+TQ_HOST_DEVICE tq_half tq_quantize_codes(int bits, const float *x, uint8_t c[TQ_BLOCK], int refit) {
+    int finite = 1;
+    for (int j = 0; j < TQ_BLOCK; j++) finite &= isfinite(x[j]) != 0;
+    if (!finite) {
+        memset(c, 0, TQ_BLOCK);
+        return TQ_HALF_NAN;
+    }
+    float inv, rms;
+    int kind = tq_first_scale(tq_block_sumsq(x), &inv, &rms);
+    if (kind == 0) {
+        memset(c, 0, TQ_BLOCK);
+        return 0;
+    }
+    tq_assign_codes(bits, x, inv, c);
+    if (kind == 2) return tq_store_scale(TQ_FP16_MAX);
+    if (!refit) return tq_store_scale(rms);
+    float d1 = tq_lsq_refit(bits, x, c, rms);
+    tq_assign_codes(bits, x, TQ_DIV(1.0f, d1), c);
+    return tq_store_scale(tq_lsq_refit(bits, x, c, d1));
+}
+
+/* value j = d * codebook[code j] */
+TQ_HOST_DEVICE void tq_dequant_codes(int bits, const uint8_t c[TQ_BLOCK], tq_half dh, float *x) {
+    const float *cb = tq_codebook_for(bits);
+    const float d = tq_fp16_to_fp32(dh);
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) x[j] = TQ_MUL(d, cb[c[j]]);
+}
+
+/* ---- QJL: S = sqrt(64) * H * D2 * H * D1 (H the orthonormal 64-point Hadamard) ---- */
+
+/* orthonormal 64-point Walsh-Hadamard transform, butterflies in the order of tq_fwht_portable */
+TQ_HOST_DEVICE void tq_fwht64(float x[TQ_BLOCK]) {
+    TQ_UNROLL
+    for (int h = 1; h < TQ_BLOCK; h <<= 1) {
+        TQ_UNROLL
+        for (int i = 0; i < TQ_BLOCK; i += 2 * h) {
+            TQ_UNROLL
+            for (int j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = TQ_ADD(a, b);
+                x[j + h] = TQ_SUB(a, b);
+            }
+        }
+    }
+    TQ_UNROLL
+    for (int i = 0; i < TQ_BLOCK; i++) x[i] = TQ_MUL(x[i], 0.125f); /* 1/sqrt(64), exact */
+}
+
+TQ_HOST_DEVICE void tq_flip64(float v[TQ_BLOCK], uint64_t signs) {
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) v[j] = ((signs >> j) & 1) ? -v[j] : v[j];
+}
+
+/* S^T z / sqrt(64) = D1 * H * D2 * H * z for the sign vector z of qj (bit set = +1).
+ * Every intermediate is a multiple of 1/64 below 2^7 in magnitude, so the result is exact
+ * whatever the order of the sums. */
+TQ_HOST_DEVICE void tq_qjl_direction(const uint8_t qj[8], float z[TQ_BLOCK]) {
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) z[j] = ((qj[j & 7] >> (j >> 3)) & 1) ? 1.0f : -1.0f;
+    tq_fwht64(z);
+    tq_flip64(z, TQ_QJL_D2);
+    tq_fwht64(z);
+    tq_flip64(z, TQ_QJL_D1);
+}
+
+/* x_hat += gamma * sqrt(pi/2) / 64 * S^T z: the QJL estimator folded into the vector, so <q, x_hat>
+ * is the paper's inner-product estimate. */
+TQ_HOST_DEVICE void tq_qjl_add(float gamma, const uint8_t qj[8], float *out) {
+    float z[TQ_BLOCK];
+    tq_qjl_direction(qj, z);
+    const float a = TQ_MUL(gamma, TQ_QJL_SCALE);
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) out[j] = TQ_ADD(out[j], TQ_MUL(a, z[j]));
+}
+
+/* Residual norm and the signs of S * r (bit set = positive; a zero component counts as negative,
+ * so an all-zero block stays all-zero bytes). */
+TQ_HOST_DEVICE void tq_qjl_encode(const float *x, const float *xm, tq_half *gamma, uint8_t qj[8]) {
+    float r[TQ_BLOCK];
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) r[j] = TQ_SUB(x[j], xm[j]);
+    *gamma = tq_store_scale(TQ_SQRT(tq_block_sumsq(r)));
+    tq_flip64(r, TQ_QJL_D1);
+    tq_fwht64(r);
+    tq_flip64(r, TQ_QJL_D2);
+    tq_fwht64(r);
+    uint8_t s[TQ_BLOCK];
+    TQ_UNROLL
+    for (int j = 0; j < TQ_BLOCK; j++) s[j] = r[j] > 0.0f;
+    tq_pack1(s, 0, qj);
+}
+
+/* ---- one block of each type ---- */
+
+TQ_HOST_DEVICE void tq_quantize_block_tq2(const float *x, block_tq2 *y, int refit) {
+    uint8_t c[TQ_BLOCK];
+    y->d = tq_quantize_codes(2, x, c, refit);
+    tq_pack2(c, y->qs);
+}
+
+TQ_HOST_DEVICE void tq_quantize_block_tq3(const float *x, block_tq3 *y, int refit) {
+    uint8_t c[TQ_BLOCK];
+    y->d = tq_quantize_codes(3, x, c, refit);
+    tq_pack2(c, y->qs);
+    tq_pack1(c, 2, y->qh);
+}
+
+TQ_HOST_DEVICE void tq_quantize_block_tq4(const float *x, block_tq4 *y, int refit) {
+    uint8_t c[TQ_BLOCK];
+    y->d = tq_quantize_codes(4, x, c, refit);
+    tq_pack4(c, y->qs);
+}
+
+TQ_HOST_DEVICE void tq_quantize_block_tq3j(const float *x, block_tq3j *y, int refit) {
+    uint8_t c[TQ_BLOCK];
+    float xm[TQ_BLOCK];
+    tq_half d = tq_quantize_codes(2, x, c, refit);
+    y->d = d;
+    tq_pack2(c, y->qs);
+    tq_dequant_codes(2, c, d, xm);
+    tq_qjl_encode(x, xm, &y->gamma, y->qj);
+}
+
+TQ_HOST_DEVICE void tq_quantize_block_tq4j(const float *x, block_tq4j *y, int refit) {
+    uint8_t c[TQ_BLOCK];
+    float xm[TQ_BLOCK];
+    tq_half d = tq_quantize_codes(3, x, c, refit);
+    y->d = d;
+    tq_pack2(c, y->qs);
+    tq_pack1(c, 2, y->qh);
+    tq_dequant_codes(3, c, d, xm);
+    tq_qjl_encode(x, xm, &y->gamma, y->qj);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq2(const block_tq2 *y, float *x) {
+    uint8_t c[TQ_BLOCK];
+    tq_unpack2(y->qs, c);
+    tq_dequant_codes(2, c, y->d, x);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq3(const block_tq3 *y, float *x) {
+    uint8_t c[TQ_BLOCK];
+    tq_unpack2(y->qs, c);
+    tq_unpack1_or(y->qh, 2, c);
+    tq_dequant_codes(3, c, y->d, x);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq4(const block_tq4 *y, float *x) {
+    uint8_t c[TQ_BLOCK];
+    tq_unpack4(y->qs, c);
+    tq_dequant_codes(4, c, y->d, x);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq3j(const block_tq3j *y, float *x) {
+    uint8_t c[TQ_BLOCK];
+    tq_unpack2(y->qs, c);
+    tq_dequant_codes(2, c, y->d, x);
+    tq_qjl_add(tq_fp16_to_fp32(y->gamma), y->qj, x);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq4j(const block_tq4j *y, float *x) {
+    uint8_t c[TQ_BLOCK];
+    tq_unpack2(y->qs, c);
+    tq_unpack1_or(y->qh, 2, c);
+    tq_dequant_codes(3, c, y->d, x);
+    tq_qjl_add(tq_fp16_to_fp32(y->gamma), y->qj, x);
+}
+
+#endif

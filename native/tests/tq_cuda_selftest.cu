@@ -1,0 +1,182 @@
+// Every CUDA path of native/cuda against the C codec, byte for byte: the single-thread block
+// quantizers (CPY F32->tq), the half-warp quantizers (SET_ROWS), the pair dequantizers (to_fp16 /
+// to_fp32 / GET_ROWS, QJL included), the flash-attention V reader; and the K.Q reader against the
+// C dot within rounding. Run on the GPU machine by benchmarks/gpu_bench.sh:
+//   nvcc -arch=sm_90 -std=c++17 -use_fast_math -Inative/include -Inative/cuda \
+//        native/tests/tq_cuda_selftest.cu libtq_native.a -o tq_cuda_selftest && ./tq_cuda_selftest [blocks]
+// (-use_fast_math as ggml-cuda builds; the data holds no float denormals, which it would flush.)
+#include "tq-quantize.cuh"
+#include "tq-convert.cuh"
+#include "tq-fattn.cuh"
+
+#include "tq-ggml.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(2); } } while (0)
+
+template <typename block_t, void (*q)(const float *, block_t *)>
+__global__ void k_quant1(const float * x, block_t * y, int nb) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < nb) q(x + (size_t) i * TQ_BLOCK, y + i);
+}
+
+template <typename block_t>
+__global__ void k_quant16(const float * x, block_t * y, int nb) {
+    const int i = (blockIdx.x * blockDim.x + threadIdx.x) / 16;
+    const bool valid = i < nb;
+    tq_cuda_quantize_block16<block_t>(valid ? x + (size_t) i * TQ_BLOCK : x, valid ? y + i : y, valid);
+}
+
+template <void (*dq)(const void *, int64_t, int, float2 &)>
+__global__ void k_pairs(const void * y, float * x, int nb) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x; // pair index
+    if (i >= nb * TQ_BLOCK / 2) return;
+    float2 v;
+    dq(y, i / (TQ_BLOCK / 2), 2 * (i % (TQ_BLOCK / 2)), v);
+    x[2 * i] = v.x;
+    x[2 * i + 1] = v.y;
+}
+
+template <typename block_t>
+__global__ void k_vread(const void * y, float * x, int nb) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x; // 4 values per thread
+    if (i >= nb * TQ_BLOCK / 4) return;
+    tq_cuda_dequantize_V<block_t, float, 4>(y, x + 4 * i, 4 * (int64_t) i);
+}
+
+// one row of D = 128 per 8-thread group: the F16 query layout (thread t: values 64c + 8t .. +7)
+template <typename block_t>
+__global__ void k_dot(const void * y, const float * q, float * out, int nrows) {
+    const int g = (blockIdx.x * blockDim.x + threadIdx.x) / 8;
+    const int t = threadIdx.x % 8;
+    float2 Q[8];
+    const int row = g < nrows ? g : 0;
+    for (int c = 0; c < 2; ++c)
+        for (int k = 0; k < 4; ++k)
+            Q[4 * c + k] = make_float2(q[(size_t) row * 128 + 64 * c + 8 * t + 2 * k], q[(size_t) row * 128 + 64 * c + 8 * t + 2 * k + 1]);
+    float s = tq_cuda_vec_dot_KQ<block_t, 128, 8>((const char *) ((const block_t *) y + 2 * row), Q);
+    for (int o = 4; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o, 8);
+    if (g < nrows && t == 0) out[g] = s;
+}
+
+static uint64_t rng_state = 0x1234567;
+static double urand() {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return ((rng_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+static float grand() { return (float) (sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
+
+struct type_info {
+    const char * name;
+    size_t bytes;
+    void (*ref_q)(const float *, void *, int64_t);
+    void (*ref_dq)(const void *, float *, int64_t);
+};
+
+static int failures = 0;
+static void report(const char * what, const char * type, size_t bad, size_t n) {
+    printf("%-5s %-36s %s (%zu of %zu differ)\n", type, what, bad ? "FAIL" : "ok", bad, n);
+    if (bad) failures++;
+}
+
+template <typename block_t, void (*q1)(const float *, block_t *), void (*dq)(const void *, int64_t, int, float2 &), bool warp, bool vkq>
+static void check(const type_info & ti, const std::vector<float> & x, int nb) {
+    const size_t n = (size_t) nb * TQ_BLOCK;
+    std::vector<uint8_t> ref(nb * ti.bytes), got(nb * ti.bytes);
+    ti.ref_q(x.data(), ref.data(), (int64_t) n);
+    float * dx; block_t * dy; float * dv;
+    CK(cudaMalloc(&dx, n * sizeof(float)));
+    CK(cudaMalloc(&dy, nb * sizeof(block_t)));
+    CK(cudaMalloc(&dv, n * sizeof(float)));
+    CK(cudaMemcpy(dx, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+
+    auto cmp_bytes = [&](const char * what) {
+        CK(cudaMemcpy(got.data(), dy, nb * sizeof(block_t), cudaMemcpyDeviceToHost));
+        size_t bad = 0;
+        for (int i = 0; i < nb; i++) bad += memcmp(&ref[i * ti.bytes], &got[i * ti.bytes], ti.bytes) != 0;
+        report(what, ti.name, bad, nb);
+    };
+    CK(cudaMemset(dy, 0xff, nb * sizeof(block_t)));
+    k_quant1<block_t, q1><<<(nb + 127) / 128, 128>>>(dx, dy, nb);
+    CK(cudaDeviceSynchronize());
+    cmp_bytes("quantize, one thread per block");
+    if constexpr (warp) {
+        CK(cudaMemset(dy, 0xff, nb * sizeof(block_t)));
+        k_quant16<block_t><<<(nb * 16 + 255) / 256, 256>>>(dx, dy, nb);
+        CK(cudaDeviceSynchronize());
+        cmp_bytes("quantize, 16 lanes per block");
+    }
+
+    // decoders on the reference bytes
+    std::vector<float> want(n), have(n);
+    ti.ref_dq(ref.data(), want.data(), (int64_t) n);
+    CK(cudaMemcpy(dy, ref.data(), nb * sizeof(block_t), cudaMemcpyHostToDevice));
+    auto cmp_vals = [&](const char * what) {
+        CK(cudaMemcpy(have.data(), dv, n * sizeof(float), cudaMemcpyDeviceToHost));
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) bad += memcmp(&want[i], &have[i], 4) != 0 && !(std::isnan(want[i]) && std::isnan(have[i]));
+        report(what, ti.name, bad, n);
+    };
+    k_pairs<dq><<<(int) ((n / 2 + 255) / 256), 256>>>(dy, dv, nb);
+    CK(cudaDeviceSynchronize());
+    cmp_vals("dequantize pairs (to_fp32, get_rows)");
+    if constexpr (vkq) {
+        k_vread<block_t><<<(int) ((n / 4 + 255) / 256), 256>>>(dy, dv, nb);
+        CK(cudaDeviceSynchronize());
+        cmp_vals("flash-attention V reader");
+
+        // K.Q, rows of 128, against the C dot of the decoded row: rounding only
+        const int nrows = nb / 2;
+        std::vector<float> q(n), dots(nrows);
+        for (auto & v : q) v = grand();
+        float * dq_; float * dout;
+        CK(cudaMalloc(&dq_, n * sizeof(float)));
+        CK(cudaMalloc(&dout, nrows * sizeof(float)));
+        CK(cudaMemcpy(dq_, q.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+        k_dot<block_t><<<(nrows * 8 + 127) / 128, 128>>>(dy, dq_, dout, nrows);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(dots.data(), dout, nrows * sizeof(float), cudaMemcpyDeviceToHost));
+        size_t bad = 0;
+        for (int r = 0; r < nrows; r++) {
+            double s = 0, a = 0;
+            for (int j = 0; j < 128; j++) { s += (double) q[r * 128 + j] * want[r * 128 + j]; a += fabs((double) q[r * 128 + j] * want[r * 128 + j]); }
+            const double tol = 2 * 128 * 6e-8 * a + 1e-30;
+            if (std::isnan(s) ? !std::isnan(dots[r]) : fabs(dots[r] - s) > tol) bad++;
+        }
+        report("flash-attention K.Q (rounding bound)", ti.name, bad, nrows);
+        CK(cudaFree(dq_)); CK(cudaFree(dout));
+    }
+    CK(cudaFree(dx)); CK(cudaFree(dy)); CK(cudaFree(dv));
+}
+
+int main(int argc, char ** argv) {
+    const int nb = argc > 1 ? atoi(argv[1]) & ~1 : 1 << 15; // blocks (even: K.Q takes rows of two)
+    std::vector<float> x((size_t) nb * TQ_BLOCK);
+    for (int i = 0; i < nb; i++) {
+        float * b = &x[(size_t) i * TQ_BLOCK];
+        // scales from 1e-8 to 1e6 (no float denormals anywhere: -use_fast_math flushes them)
+        const float s = (float) pow(10.0, -8.0 + 14.0 * urand());
+        for (int j = 0; j < TQ_BLOCK; j++) b[j] = s * grand();
+        if (i % 97 == 1) memset(b, 0, TQ_BLOCK * sizeof(float));                 // zero block
+        if (i % 101 == 2) b[i % TQ_BLOCK] = NAN;                               // non-finite
+        if (i % 103 == 3) for (int j = 0; j < TQ_BLOCK; j++) b[j] = 1e6f * grand(); // past fp16
+        if (i % 107 == 4) for (int j = 0; j < TQ_BLOCK; j++) b[j] = (float) ((j % 7) - 3); // ties on a grid
+    }
+    const type_info tq2 = {"tq2", sizeof(block_tq2), tq_ggml_quantize_row_tq2_ref, tq_ggml_dequantize_row_tq2};
+    const type_info tq3 = {"tq3", sizeof(block_tq3), tq_ggml_quantize_row_tq3_ref, tq_ggml_dequantize_row_tq3};
+    const type_info tq4 = {"tq4", sizeof(block_tq4), tq_ggml_quantize_row_tq4_ref, tq_ggml_dequantize_row_tq4};
+    const type_info tq3j = {"tq3j", sizeof(block_tq3j), tq_ggml_quantize_row_tq3j_ref, tq_ggml_dequantize_row_tq3j};
+    const type_info tq4j = {"tq4j", sizeof(block_tq4j), tq_ggml_quantize_row_tq4j_ref, tq_ggml_dequantize_row_tq4j};
+    check<block_tq2, quantize_f32_tq2_block, dequantize_tq2, true, true>(tq2, x, nb);
+    check<block_tq3, quantize_f32_tq3_block, dequantize_tq3, true, true>(tq3, x, nb);
+    check<block_tq4, quantize_f32_tq4_block, dequantize_tq4, true, true>(tq4, x, nb);
+    check<block_tq3j, quantize_f32_tq3j_block, dequantize_tq3j, false, false>(tq3j, x, nb);
+    check<block_tq4j, quantize_f32_tq4j_block, dequantize_tq4j, false, false>(tq4j, x, nb);
+    printf("%d failures\n", failures);
+    return failures != 0;
+}
