@@ -4,9 +4,10 @@
 #   bash benchmarks/bench_speed.sh [model.gguf] [threads]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:-$(python -c 'from tq_llamacpp.data import model_path; print(model_path("smollm2"))')}
+# (from /: the checkout must not shadow the installed package)
+model=${1:-$(cd / && python -c 'from tq_llamacpp.data import model_path; print(model_path("smollm2"))')}
 threads=${2:-2}
-bench=$(python -c 'from tq_llamacpp._libs import tool; print(tool("llama-bench"))')
+bench=$(cd / && python -c 'from tq_llamacpp._libs import tool; print(tool("llama-bench"))')
 out=benchmarks/results/speed-$(basename "$model" .gguf).md
 {
   echo "llama-bench -m $(basename "$model") -fa 1 -t $threads -p 512 -n 64 -d 0,4096 -ctk/-ctv as listed; $(date +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
