@@ -45,7 +45,6 @@ _PATTERNS = {
 }
 # "calculating perplexity over 20 chunks, n_ctx=512, batch_size=2048, n_seq=4" (KLD runs: "computing over")
 _PASS = re.compile(r"over (\d+) chunks, n_ctx=(\d+), batch_size=\d+, n_seq=(\d+)")
-_CHUNK_LINE = re.compile(r"^\s*\[?(\d+)\]?")
 
 
 def parse_output(text: str) -> dict[str, Optional[float]]:

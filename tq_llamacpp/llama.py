@@ -63,12 +63,15 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
              n_ubatch: int = 512) -> int:
     """Bytes of KV cache llama.cpp allocates for one sequence of n_ctx tokens (sliding-window layers
     keep only window + ubatch cells, as llama.cpp sizes them)."""
-    shape = _check_model(Path(model_path))
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model file not found: {model_path}")
+    meta = read_metadata(model_path)
+    shape = attention_shape(meta)
     k = cache_type(type_k)
     v = cache_type(type_v if type_v is not None else type_k)
     pad = lambda n: (n + 255) // 256 * 256  # noqa: E731  llama.cpp pads cache sizes to 256 cells
     full = pad(n_ctx)
-    swa = swa_layers(model_path, shape)
+    swa = swa_layers(meta, shape)
     total = 0
     for il in range(shape["n_layer"]):
         cells = min(full, pad(shape["sliding_window"] + n_ubatch)) if swa[il] else full
@@ -83,9 +86,8 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
 _SWA_PERIOD = {"gemma3": 6, "gemma2": 2, "cohere2": 4}
 
 
-def swa_layers(model_path: Union[str, Path], shape: Optional[dict[str, Any]] = None) -> list[bool]:
-    meta = read_metadata(model_path)
-    shape = shape or attention_shape(meta)
+def swa_layers(meta: dict[str, Any], shape: dict[str, Any]) -> list[bool]:
+    """Which layers llama.cpp gives a sliding-window cache."""
     n = shape["n_layer"]
     if not shape["sliding_window"]:
         return [False] * n
