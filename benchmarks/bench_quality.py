@@ -14,7 +14,7 @@ from pathlib import Path
 from tq_llamacpp import compare as cmp
 from tq_llamacpp.data import model_path, text_path
 
-TYPES = "f16,q8_0,q5_0,q4_0,iq4_nl,tq4,tq3,tq2,q8_0/tq3,tq4/tq3"
+TYPES = "q8_0,q4_0,q4_0@k,tq4,tq4@off,tq3,tq3@off,tq2,q8_0/tq3,tq4/tq3,tq4/tq2,tq3/tq2,tq3@kv"
 
 
 def main() -> None:
@@ -31,7 +31,8 @@ def main() -> None:
         res = cmp.compare(model, text, a.types.split(","), ctx=a.ctx, chunks=a.chunks, progress=cmp.stderr_progress)
         title = f"{name}, Pride and Prejudice, ctx {a.ctx}, {a.chunks} chunks"
         how = (f"Measured {cmp.now_stamp()} on a 2-core AMD EPYC (AVX2), CPU build: "
-               f"`python benchmarks/bench_quality.py --models {name} --ctx {a.ctx} --chunks {a.chunks}` "
+               f"`python benchmarks/bench_quality.py --models {name} --ctx {a.ctx} --chunks {a.chunks}"
+               + (f" --types {a.types}" if a.types != TYPES else "") + "` "
                "(llama-perplexity --kl-divergence against an f16 cache, -fa on, 2 threads; tokens/s is "
                "llama-perplexity's first pass).")
         for p in cmp.write_outputs(res, Path(a.out), {"title": title, "how": how, "model": name, "ctx": a.ctx,

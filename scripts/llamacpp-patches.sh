@@ -19,7 +19,7 @@ OUT=$(cd "$(dirname "$0")/../patches" && pwd)
 
 PATCHES=(
     "0001-ggml-tq-types.patch:ggml/include/ggml.h ggml/src/ggml.c ggml/src/ggml-quants.c ggml/src/ggml-cpu/ggml-cpu.c ggml/src/ggml-cpu/ops.cpp"
-    "0002-llama-tq-kv-cache.patch:src/llama-context.cpp src/llama-kv-cache.cpp common/arg.cpp tools/llama-bench/llama-bench.cpp"
+    "0002-llama-tq-kv-cache.patch:src/llama-context.cpp src/llama-kv-cache.h src/llama-kv-cache.cpp src/llama-graph.h src/llama-graph.cpp common/arg.cpp tools/llama-bench/llama-bench.cpp"
     "0003-tests-tq-types.patch:tests/test-backend-ops.cpp tests/test-quantize-fns.cpp"
     "0004-ggml-cuda-tq.patch:ggml/cmake/common.cmake ggml/src/ggml-cuda/cpy-utils.cuh ggml/src/ggml-cuda/cpy.cu ggml/src/ggml-cuda/set-rows.cu ggml/src/ggml-cuda/dequantize.cuh ggml/src/ggml-cuda/convert.cu ggml/src/ggml-cuda/getrows.cu ggml/src/ggml-cuda/fattn-common.cuh ggml/src/ggml-cuda/fattn-vec.cuh ggml/src/ggml-cuda/fattn.cu ggml/src/ggml-cuda/ggml-cuda.cu ggml/src/ggml-cuda/template-instances/generate_cu_files.py ggml/src/ggml-cuda/template-instances/fattn-vec-instance-*tq*.cu"
 )

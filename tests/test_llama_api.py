@@ -152,8 +152,8 @@ def test_k_shift_continues(tq, smollm2):
            b"entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families, that"
     cut = (5, 45)
 
-    def run(type):
-        llm = tq.Llama(smollm2, type_k=type, type_v=type, n_ctx=256, logits_all=True, verbose=False)
+    def run(type, **kw):
+        llm = tq.Llama(smollm2, type_k=type, type_v=type, n_ctx=256, logits_all=True, verbose=False, **kw)
         toks = llm.tokenize(text)
         llm.eval(toks)
         mem = C.llama_get_memory(llm.ctx)
@@ -167,5 +167,66 @@ def test_k_shift_continues(tq, smollm2):
         return out
 
     f16, tq4 = run("f16"), run("tq4")
-    assert np.argmax(f16) == np.argmax(tq4)
+    # the re-coded keys move the logits a little; the f16 choice stays among tq4's first three
+    assert np.argmax(f16) in np.argsort(tq4)[-3:]
     assert np.corrcoef(f16, tq4)[0, 1] > 0.98
+    # exactness of the shift itself: a q8_0 K cache stored centred and equalized (kv_center="k")
+    # shifts R(k - mu + mu) - mu, so it must follow f16 as closely as the plain q8_0 cache does
+    plain, centred = run("q8_0"), run("q8_0", kv_center="k")
+    r_plain, r_centred = np.corrcoef(f16, plain)[0, 1], np.corrcoef(f16, centred)[0, 1]
+    assert r_plain > 0.999 and r_centred > 0.999
+    assert abs(r_plain - r_centred) < 5e-4
+
+
+_TEXT = (b"It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
+         b"of a wife. However little known the feelings or views of such a man may be on his first entering a "
+         b"neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered")
+
+
+def _last_logits(tq, model, type, **kw):
+    llm = tq.Llama(model, type_k=type, type_v=type, n_ctx=256, logits_all=True, verbose=False, **kw)
+    llm.eval(llm.tokenize(_TEXT))
+    out = np.array(llm.scores[llm.n_tokens - 1])
+    llm.close()
+    return out
+
+
+def test_centring_is_exact(tq, smollm2):
+    """Storing k - mu_k and v - mu_v (V added back per query head through its KV head, GQA 3 here)
+    changes nothing but rounding: a q8_0 cache centred both ways follows f16 as closely as plain q8_0."""
+    f16 = _last_logits(tq, smollm2, "f16")
+    plain = np.corrcoef(f16, _last_logits(tq, smollm2, "q8_0", kv_center="off"))[0, 1]
+    centred = np.corrcoef(f16, _last_logits(tq, smollm2, "q8_0", kv_center="kv"))[0, 1]
+    assert plain > 0.999 and centred > 0.999
+    assert abs(plain - centred) < 5e-4
+
+
+def test_centring_helps_tq3(tq, smollm2):
+    f16 = _last_logits(tq, smollm2, "f16")
+    off = np.corrcoef(f16, _last_logits(tq, smollm2, "tq3", kv_center="off"))[0, 1]
+    auto = np.corrcoef(f16, _last_logits(tq, smollm2, "tq3"))[0, 1]
+    assert auto > off
+
+
+def test_centring_errors(tq, smollm2):
+    with pytest.raises(ValueError, match="kv_center"):
+        tq.Llama(smollm2, type_k="tq3", type_v="tq3", kv_center="sometimes")
+    # a state saved from a centred cache does not load into an uncentred one: an error, not garbage
+    llm = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False)
+    llm.eval(llm.tokenize(b"It is a truth universally acknowledged"))
+    state = llm.save_state()
+    llm.close()
+    other = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_center="off")
+    with pytest.raises(Exception):
+        other.load_state(state)
+    other.close()
+
+
+def test_compare_spec_centring(tq):
+    from tq_llamacpp.compare import parse_spec
+
+    k, v, mode = parse_spec("q8_0/tq3@kv")
+    assert (k.name, v.name, mode) == ("q8_0", "tq3", "kv")
+    assert parse_spec("tq3@off")[2] == "0" and parse_spec("tq3")[2] is None
+    with pytest.raises(ValueError, match="unknown centring '@sometimes'"):
+        parse_spec("tq3@sometimes")

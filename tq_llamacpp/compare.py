@@ -61,10 +61,11 @@ def parse_output(text: str) -> dict[str, Optional[float]]:
     return out
 
 
-def _run(cmd: Sequence[str], label: str, chunks: int, progress: Optional[Callable[[str], None]]) -> str:
+def _run(cmd: Sequence[str], label: str, chunks: int, progress: Optional[Callable[[str], None]],
+         env: Optional[dict] = None) -> str:
     """Run llama-perplexity, reporting chunk progress; return its whole output."""
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            encoding="utf-8", errors="replace")
+                            encoding="utf-8", errors="replace", env=env)
     lines = []
     assert proc.stdout is not None
     seen = 0
@@ -98,6 +99,19 @@ def _base_file(model: Path, text: Path, ctx: int, chunks: int, exe: Path) -> Pat
     return d / f"{model.stem}-{h.hexdigest()[:16]}.kld"
 
 
+# "tq3@off": a type or K/V pair, then how the cache is centred (LLAMA_KV_CENTER, README "Centring")
+CENTER_MODES = {"auto": "auto", "off": "0", "k": "k", "kv": "kv"}
+
+
+def parse_spec(spec: str) -> tuple[CacheType, CacheType, Optional[str]]:
+    """'q8_0/tq3@kv' -> (K type, V type, LLAMA_KV_CENTER value or None for the default)."""
+    pair, _, mode = spec.partition("@")
+    if mode and mode not in CENTER_MODES:
+        raise ValueError(f"unknown centring '@{mode}' in {spec!r}: use one of " + ", ".join("@" + m for m in CENTER_MODES))
+    k, v = parse_pair(pair)
+    return k, v, CENTER_MODES[mode] if mode else None
+
+
 def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunks: int = 20,
             threads: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
             extra_args: Sequence[str] = ()) -> list[Result]:
@@ -105,8 +119,8 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
     model, text = Path(model), Path(text)
     if not text.is_file():
         raise FileNotFoundError(f"text file not found: {text}")
-    pairs: list[tuple[CacheType, CacheType]] = [parse_pair(t) for t in types]
-    for k, v in pairs:
+    pairs = [parse_spec(t) for t in types]
+    for k, v, _ in pairs:
         check_cache_types(model, k, v)
     threads = threads or os.cpu_count() or 1
     exe = str(tool("llama-perplexity"))
@@ -121,10 +135,13 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
                    chunks, progress)
         tmp.replace(base)
         base_ppl = parse_output(out)["ppl_final"]
-    for k, v in pairs:
-        label = pair_name(k, v)
+    for k, v, mode in pairs:
+        label = pair_name(k, v) + (f"@{next(m for m, e in CENTER_MODES.items() if e == mode)}" if mode else "")
+        env = None
+        if mode is not None:
+            env = dict(os.environ, LLAMA_KV_CENTER=mode)
         out = _run(common + ["-ctk", k.name, "-ctv", v.name, "--kl-divergence-base", str(base), "--kl-divergence"],
-                   label, chunks, progress)
+                   label, chunks, progress, env)
         r = parse_output(out)
         ppl = r["ppl_q"] if r["ppl_q"] is not None else base_ppl
         if ppl is None:

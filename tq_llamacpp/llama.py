@@ -1,6 +1,7 @@
 """`Llama`: llama-cpp-python's Llama with KV-cache types by name and the checks they need."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,15 +35,25 @@ def check_cache_types(model_path: Union[str, Path], type_k: TypeArg, type_v: Typ
     return k, v
 
 
+# kv_center -> LLAMA_KV_CENTER, read by the patched llama.cpp when it creates the cache
+_KV_CENTER = {None: None, "auto": "auto", True: "k", "k": "k", "kv": "kv", False: "0", "off": "0"}
+
+
 class Llama(llama_cpp.Llama):
     """llama_cpp.Llama with type_k / type_v given as names ("tq3", "q8_0", ...) or ggml ids.
 
     Flash attention is switched on when the cache needs it (a quantized V, or a tq K); passing
     flash_attn=False with such a cache raises ValueError instead of failing inside llama.cpp.
+
+    kv_center: how the cache stores K (and V) relative to per-head means fixed by the first ubatch
+    (README, "Centring"): "auto" (the default: K of a tq cache, centred and channel-equalized),
+    True / "k" (K of any quantized cache), "kv" (K and V), False / "off".
     """
 
     def __init__(self, model_path: Union[str, Path], *, type_k: TypeArg = None, type_v: TypeArg = None,
-                 flash_attn: Optional[bool] = None, **kwargs: Any) -> None:
+                 flash_attn: Optional[bool] = None, kv_center: Union[None, bool, str] = None, **kwargs: Any) -> None:
+        if kv_center not in _KV_CENTER:
+            raise ValueError(f"kv_center must be one of auto, k, kv, off, True or False, not {kv_center!r}")
         k, v = check_cache_types(model_path, type_k, type_v)
         needs_fa = v.quantized or k.turboquant
         if flash_attn is None:
@@ -51,7 +62,17 @@ class Llama(llama_cpp.Llama):
             why = f"a quantized V cache ({v.name})" if v.quantized else f"the {k.name} K cache"
             raise ValueError(f"{why} needs flash attention: pass flash_attn=True or leave flash_attn unset")
         self.cache_type_k, self.cache_type_v = k, v
-        super().__init__(str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn, **kwargs)
+        env, saved = _KV_CENTER[kv_center], os.environ.get("LLAMA_KV_CENTER")
+        if env is not None:
+            os.environ["LLAMA_KV_CENTER"] = env
+        try:
+            super().__init__(str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn, **kwargs)
+        finally:
+            if env is not None:
+                if saved is None:
+                    del os.environ["LLAMA_KV_CENTER"]
+                else:
+                    os.environ["LLAMA_KV_CENTER"] = saved
 
     def close(self) -> None:
         # llama_cpp.Llama.__del__ calls close(); after a refused __init__ there is nothing to close
