@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check and benchmark of the tq KV-cache types, in ONE call on the GPU machine (it has no
 # network and stays warm only briefly, so everything is built and run here in one go):
-#   1. the card, and the codec's own C selftest on the host CPU (AVX-512 there), with tq_bench
+#   1. the card, and the codec's own C selftest on the host CPU (AVX-512 there), with tq_bench; the
+#      CUDA selftest and the flash-attention decode test (native/tests/tq_cuda_*.cu, no llama.cpp)
 #   2. configure + build llama.cpp with CUDA (sm_90) from the patched tree that scripts/gpu-tree.sh
 #      wrote to .tqdev/llama.cpp, through benchmarks/gpu/CMakeLists.txt -> cmake/llamacpp.cmake
 #      (TQ_CUDA=ON, TQ_LLAMA_SOURCE_DIR): only test-backend-ops, llama-bench and llama-perplexity
@@ -19,7 +20,8 @@
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
 # Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 q8_0 q4_0 tq4 tq3"),
-# TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores).
+# TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_TARGETS, TQ_PERF_FILTER,
+# JOBS (default: all cores). A bench type written "tq3@vec" runs with TQ_CUDA_FA_DECODE=0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -56,6 +58,14 @@ if want selftest; then
     { nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_selftest.cu \
           $n/libtq_native.a -o $n/tq_cuda_selftest && echo "== tq_cuda_selftest" && $n/tq_cuda_selftest; } >> "$out/native.log" 2>&1
     say "cuda selftest rc=$? : $(grep -h 'FAIL\|^[0-9]* failures' "$out/native.log" | tail -12 | tr '\n' ';')"
+    # the flash-attention decode kernel (native/cuda/tq-fattn-decode.cuh) against a float64 reference,
+    # then its time for decode over 32K keys next to a device-to-device copy of the same bytes
+    { nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_fattn_test.cu \
+          $n/libtq_native.a -o $n/tq_cuda_fattn_test && echo "== tq_cuda_fattn_test" && $n/tq_cuda_fattn_test; } >> "$out/native.log" 2>&1
+    rc=$?
+    fa=$(sed -n '/^== tq_cuda_fattn_test/,$p' "$out/native.log")
+    say "cuda fattn decode test rc=$rc : $(grep -c '^PASS' <<< "$fa") PASS, $(grep -c '^FAIL' <<< "$fa") FAIL; $(grep '^perf' <<< "$fa" | sed -E 's/ D=128 G=4 kvh=8 tok=1 kv=32768//; s/, RB=.*//' | tr '\n' ';')"
+    grep '^FAIL' <<< "$fa" | head -20 >> "$sum"
 fi
 
 # ---- 2. build -------------------------------------------------------------------------------------
@@ -106,13 +116,16 @@ if want bench && [ "$(left)" -gt 90 ]; then
     m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
     PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/bench.log" 2>&1
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
-    for t in ${TQ_BENCH_TYPES:-f16 q8_0 q4_0 tq4 tq3}; do
-        [ "$(left)" -gt 45 ] || { say "bench: out of time before $t"; break; }
-        timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 64 \
-            -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r 2 -o md >> "$out/bench.log" 2>&1
-        say "llama-bench $t rc=$?"
+    # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
+    for spec in ${TQ_BENCH_TYPES:-f16 q8_0 q4_0 tq4 tq3}; do
+        t=${spec%@vec}; fa_decode=1; [ "$t" != "$spec" ] && fa_decode=0
+        [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
+            -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r 2 -o md >> "$out/bench.log" 2>&1
+        say "llama-bench $spec rc=$?"
     done
-    grep -E '^\| llama' "$out/bench.log" >> "$sum"
+    grep -E '^## |^\| llama' "$out/bench.log" >> "$sum"
 fi
 
 # ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------

@@ -22,31 +22,63 @@ static __device__ __forceinline__ uint32_t tq_cuda_load_u32(const uint8_t * p) {
     return (uint32_t) p16[0] | ((uint32_t) p16[1] << 16);
 }
 
-// The codes of values j..j+3 of a block (j % 4 == 0) as the four bytes of one word: one load,
-// one shift and one mask per bit plane (the layouts of tq-blocks.h).
+// The codes of values j..j+3 of a block (j % 4 == 0) as the four bytes of one word, from the plane
+// words that hold them: one shift and one mask per bit plane (the layouts of tq-blocks.h).
+//   2-bit plane: qs_word = qs[j % 16 .. +3];  1-bit plane: qh_word = qh[j % 8 .. +3];
+//   4-bit plane: qs_word = qs[j % 32 .. +3].
+// Split from the loads so that a kernel holding the words already (the flash-attention decode
+// kernel stages them through shared memory) decodes with the same arithmetic.
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_w2(const uint32_t qs_word, const int j) {
+    return (qs_word >> (2 * (j >> 4))) & 0x03030303u;
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_w3(const uint32_t qs_word, const uint32_t qh_word, const int j) {
+    return tq_cuda_codes4_w2(qs_word, j) | (((qh_word >> (j >> 3)) & 0x01010101u) << 2);
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4_w4(const uint32_t qs_word, const int j) {
+    return (qs_word >> (4 * (j >> 5))) & 0x0f0f0f0fu;
+}
+
+// 4 * the same codes, i.e. the byte offsets of their centroids in a table of floats, with the << 2
+// folded into the plane shifts: one shift and one mask per plane. sq = j >> 4 for the 2-bit plane,
+// j >> 5 for the 4-bit plane; qh_word is taken already shifted right by j >> 3.
+static __device__ __forceinline__ uint32_t tq_cuda_shr_signed(const uint32_t x, const int k) {
+    return k >= 0 ? x >> k : x << -k;
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4x4_w2(const uint32_t qs_word, const int sq) {
+    return tq_cuda_shr_signed(qs_word, 2 * sq - 2) & 0x0c0c0c0cu;
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4x4_w3(const uint32_t qs_word, const uint32_t qh_shifted, const int sq) {
+    return tq_cuda_codes4x4_w2(qs_word, sq) | ((qh_shifted << 4) & 0x10101010u);
+}
+
+static __device__ __forceinline__ uint32_t tq_cuda_codes4x4_w4(const uint32_t qs_word, const int sq) {
+    return tq_cuda_shr_signed(qs_word, 4 * sq - 2) & 0x3c3c3c3cu;
+}
+
+// the same read from a block in memory: one load per plane
 static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq2(const block_tq2 * b, const int j) {
-    return (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
+    return tq_cuda_codes4_w2(tq_cuda_load_u32(b->qs + (j & 15)), j);
 }
 
 static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq3(const block_tq3 * b, const int j) {
-    const uint32_t lo = (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
-    const uint32_t hi = (tq_cuda_load_u32(b->qh + (j & 7)) >> (j >> 3)) & 0x01010101u;
-    return lo | (hi << 2);
+    return tq_cuda_codes4_w3(tq_cuda_load_u32(b->qs + (j & 15)), tq_cuda_load_u32(b->qh + (j & 7)), j);
 }
 
 static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq4(const block_tq4 * b, const int j) {
-    return (tq_cuda_load_u32(b->qs + (j & 31)) >> (4 * (j >> 5))) & 0x0f0f0f0fu;
+    return tq_cuda_codes4_w4(tq_cuda_load_u32(b->qs + (j & 31)), j);
 }
 
 // the same for the MSE codes of the QJL types (tq3j: 2-bit planes of tq2, tq4j: 3-bit of tq3)
 static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq3j(const block_tq3j * b, const int j) {
-    return (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
+    return tq_cuda_codes4_w2(tq_cuda_load_u32(b->qs + (j & 15)), j);
 }
 
 static __device__ __forceinline__ uint32_t tq_cuda_codes4_tq4j(const block_tq4j * b, const int j) {
-    const uint32_t lo = (tq_cuda_load_u32(b->qs + (j & 15)) >> (2 * (j >> 4))) & 0x03030303u;
-    const uint32_t hi = (tq_cuda_load_u32(b->qh + (j & 7)) >> (j >> 3)) & 0x01010101u;
-    return lo | (hi << 2);
+    return tq_cuda_codes4_w3(tq_cuda_load_u32(b->qs + (j & 15)), tq_cuda_load_u32(b->qh + (j & 7)), j);
 }
 
 // Type traits for templates: block struct, code bits, codebook.

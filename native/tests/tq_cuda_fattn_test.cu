@@ -1,0 +1,441 @@
+// The flash-attention decode kernel of native/cuda/tq-fattn-decode.cuh against a float64 CPU
+// reference over the DECODED K/V (the C codec quantizes and dequantizes), on ggml's tensor layouts
+// (Q permuted [D, tokens, heads, seqs]; K/V rows of one head strided by all heads' rows, or adjacent;
+// f16 mask broadcast over heads), then its speed for decode over 32K keys. No llama.cpp needed
+// (one line; libtq_native.a from cmake -S native):
+//   nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_fattn_test.cu libtq_native.a -o tq_cuda_fattn_test
+// Options: --quick (fewer, smaller cases; no timing), --no-perf, --perf-only, --bits B (time tqB only),
+// --rb R (force R rows per block in the timing), --reps N.
+// The timing: D 128, G 4, 8 KV heads, one token, 32768 keys, llama.cpp's cache layout, 100 calls
+// after 10 warm-up calls; once on the same buffers (their 19-36 MB stay in a 50-60 MB L2, as they do
+// in test-backend-ops perf) and once rotating over copies larger than 4x the L2 (device memory).
+// Pass: max |out - ref| / max |ref| < 1e-3 for every case, every output written (dst is poisoned
+// with NaN first). Exit code 1 on any failure.
+#include "tq-fattn-decode.cuh"
+
+#include "tq-ggml.h"
+
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(2); } } while (0)
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static double urand() {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return ((rng_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+static float grand() { return (float) (sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
+
+struct codec {
+    const char * name;
+    int bits;
+    size_t block_bytes;
+    void (*q)(const float *, void *, int64_t);
+    void (*dq)(const void *, float *, int64_t);
+};
+static const codec CODECS[] = {
+    { "tq2", 2, sizeof(block_tq2), tq_ggml_quantize_row_tq2, tq_ggml_dequantize_row_tq2 },
+    { "tq3", 3, sizeof(block_tq3), tq_ggml_quantize_row_tq3, tq_ggml_dequantize_row_tq3 },
+    { "tq4", 4, sizeof(block_tq4), tq_ggml_quantize_row_tq4, tq_ggml_dequantize_row_tq4 },
+};
+static const codec & codec_of(int bits) { return CODECS[bits - 2]; }
+
+enum { MASK_NONE, MASK_ONE, MASK_PER_SEQ };
+
+struct tcase {
+    int kb, vb, D, G, ntok, nkv, nkvh, nseq;
+    bool contig;  // rows of one head adjacent (else interleaved with the other heads', as llama.cpp's cache)
+    int mask;
+    int offset;   // bytes added to the K and V base addresses (2: rows and the tensor start 2 mod 4)
+    int splits;   // 0: the launcher's choice
+};
+
+// One problem on the host and the device.
+struct problem {
+    tcase tc;
+    int nqh, rowk, rowv, ntokpad, nkvpad;
+    std::vector<float> q;            // [seq][tok][qh][D]
+    std::vector<uint8_t> k, v;       // quantized, laid out with the strides below
+    std::vector<float> kd, vd;       // decoded, [seq][kvh][kv][D]
+    std::vector<__half> mask;        // [nem3][ntokpad][nkvpad]
+    int64_t nbk1, nbk2, nbk3, nbv1, nbv2, nbv3;
+    int nem3;
+    float scale;
+
+    void * dq = nullptr; uint8_t * dk = nullptr; uint8_t * dv = nullptr; void * dm = nullptr; float * dout = nullptr;
+    uint8_t * dk_alloc = nullptr; uint8_t * dv_alloc = nullptr;
+    size_t kbytes = 0, vbytes = 0;
+};
+
+static void layout(int row, const tcase & c, int64_t & nb1, int64_t & nb2, int64_t & nb3) {
+    if (c.contig) {
+        nb1 = row; nb2 = (int64_t) row * c.nkv; nb3 = nb2 * c.nkvh;
+    } else {
+        nb1 = (int64_t) row * c.nkvh; nb2 = row; nb3 = nb1 * c.nkv;
+    }
+}
+
+static void make(problem & P, const tcase & c) {
+    P.tc = c;
+    P.nqh = c.G * c.nkvh;
+    const codec & ck = codec_of(c.kb);
+    const codec & cv = codec_of(c.vb);
+    P.rowk = (int) (c.D / TQ_BLOCK * ck.block_bytes);
+    P.rowv = (int) (c.D / TQ_BLOCK * cv.block_bytes);
+    layout(P.rowk, c, P.nbk1, P.nbk2, P.nbk3);
+    layout(P.rowv, c, P.nbv1, P.nbv2, P.nbv3);
+    P.kbytes = (size_t) P.nbk3 * c.nseq;
+    P.vbytes = (size_t) P.nbv3 * c.nseq;
+    P.scale = 1.0f / sqrtf((float) c.D);
+
+    P.q.resize((size_t) c.nseq * c.ntok * P.nqh * c.D);
+    for (auto & x : P.q) x = grand();
+
+    P.k.assign(P.kbytes, 0);
+    P.v.assign(P.vbytes, 0);
+    P.kd.resize((size_t) c.nseq * c.nkvh * c.nkv * c.D);
+    P.vd.resize(P.kd.size());
+    std::vector<float> x(c.D);
+    for (int s = 0; s < c.nseq; ++s) {
+        for (int h = 0; h < c.nkvh; ++h) {
+            for (int j = 0; j < c.nkv; ++j) {
+                const size_t di = (((size_t) s * c.nkvh + h) * c.nkv + j) * c.D;
+                // keys with an outlier-ish spread of scales, values plain Gaussian
+                const float ks = 0.5f + 1.5f * (float) urand();
+                for (auto & e : x) e = ks * grand();
+                uint8_t * kr = P.k.data() + s * P.nbk3 + h * P.nbk2 + j * P.nbk1;
+                ck.q(x.data(), kr, c.D);
+                ck.dq(kr, P.kd.data() + di, c.D);
+                for (auto & e : x) e = grand();
+                uint8_t * vr = P.v.data() + s * P.nbv3 + h * P.nbv2 + j * P.nbv1;
+                cv.q(x.data(), vr, c.D);
+                cv.dq(vr, P.vd.data() + di, c.D);
+            }
+        }
+    }
+
+    P.nem3 = c.mask == MASK_PER_SEQ ? c.nseq : 1;
+    P.ntokpad = c.ntok + 1;      // llama.cpp pads the mask's token rows
+    P.nkvpad = c.nkv + 3;        // and a row stride != n_kv checks the stride is used
+    if (c.mask != MASK_NONE) {
+        P.mask.resize((size_t) P.nem3 * P.ntokpad * P.nkvpad);
+        for (int s = 0; s < P.nem3; ++s) {
+            for (int t = 0; t < P.ntokpad; ++t) {
+                for (int j = 0; j < P.nkvpad; ++j) {
+                    // causal: token t of the batch sees keys up to n_kv - n_tok + t; inside, some holes
+                    // and some finite biases
+                    float mv;
+                    const double u = urand();
+                    if (j > c.nkv - c.ntok + t) mv = -INFINITY;
+                    else if (u < 0.1) mv = -INFINITY;
+                    else if (u < 0.3) mv = (float) (-4.0 * urand());
+                    else mv = 0.0f;
+                    P.mask[((size_t) s * P.ntokpad + t) * P.nkvpad + j] = __float2half(mv);
+                }
+            }
+        }
+    }
+}
+
+// float64 softmax attention over the decoded K/V; dst layout [seq][tok][qh][D]
+static void reference(const problem & P, std::vector<double> & out) {
+    const tcase & c = P.tc;
+    out.assign((size_t) c.nseq * c.ntok * P.nqh * c.D, 0.0);
+    std::vector<double> sc(c.nkv);
+    for (int s = 0; s < c.nseq; ++s) {
+        for (int t = 0; t < c.ntok; ++t) {
+            for (int hq = 0; hq < P.nqh; ++hq) {
+                const int hk = hq / c.G;
+                const float * qv = P.q.data() + (((size_t) s * c.ntok + t) * P.nqh + hq) * c.D;
+                double mx = -INFINITY;
+                for (int j = 0; j < c.nkv; ++j) {
+                    const float * kv = P.kd.data() + (((size_t) s * c.nkvh + hk) * c.nkv + j) * c.D;
+                    double d = 0;
+                    for (int e = 0; e < c.D; ++e) d += (double) qv[e] * kv[e];
+                    d *= P.scale;
+                    if (c.mask != MASK_NONE) {
+                        d += (double) __half2float(P.mask[(((size_t) (s % P.nem3)) * P.ntokpad + t) * P.nkvpad + j]);
+                    }
+                    sc[j] = d;
+                    mx = std::max(mx, d);
+                }
+                double * o = out.data() + (((size_t) s * c.ntok + t) * P.nqh + hq) * c.D;
+                if (mx == -INFINITY) continue; // every key masked: 0 (the CPU backend's convention)
+                double sum = 0;
+                for (int j = 0; j < c.nkv; ++j) {
+                    if (sc[j] == -INFINITY) continue;
+                    const double p = exp(sc[j] - mx);
+                    sum += p;
+                    const float * vv = P.vd.data() + (((size_t) s * c.nkvh + hk) * c.nkv + j) * c.D;
+                    for (int e = 0; e < c.D; ++e) o[e] += p * vv[e];
+                }
+                for (int e = 0; e < c.D; ++e) o[e] /= sum;
+            }
+        }
+    }
+}
+
+static void upload(problem & P) {
+    const tcase & c = P.tc;
+    CK(cudaMalloc(&P.dq, P.q.size() * sizeof(float)));
+    CK(cudaMemcpy(P.dq, P.q.data(), P.q.size() * sizeof(float), cudaMemcpyHostToDevice));
+    // exact-size allocations (plus the offset) so that compute-sanitizer sees any read past K/V
+    CK(cudaMalloc(&P.dk_alloc, P.kbytes + c.offset));
+    CK(cudaMalloc(&P.dv_alloc, P.vbytes + c.offset));
+    P.dk = P.dk_alloc + c.offset;
+    P.dv = P.dv_alloc + c.offset;
+    CK(cudaMemcpy(P.dk, P.k.data(), P.kbytes, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(P.dv, P.v.data(), P.vbytes, cudaMemcpyHostToDevice));
+    if (!P.mask.empty()) {
+        CK(cudaMalloc(&P.dm, P.mask.size() * sizeof(__half)));
+        CK(cudaMemcpy(P.dm, P.mask.data(), P.mask.size() * sizeof(__half), cudaMemcpyHostToDevice));
+    }
+    CK(cudaMalloc(&P.dout, (size_t) c.nseq * c.ntok * P.nqh * c.D * sizeof(float)));
+}
+
+static void release(problem & P) {
+    CK(cudaFree(P.dq));
+    CK(cudaFree(P.dk_alloc));
+    CK(cudaFree(P.dv_alloc));
+    if (P.dm) CK(cudaFree(P.dm));
+    CK(cudaFree(P.dout));
+    P.dq = P.dm = nullptr;
+    P.dk_alloc = P.dv_alloc = P.dk = P.dv = nullptr;
+    P.dout = nullptr;
+}
+
+static tq_fa_decode_args args_of(const problem & P, const void * K, const void * V) {
+    const tcase & c = P.tc;
+    tq_fa_decode_args a = {};
+    a.k_bits = c.kb;
+    a.v_bits = c.vb;
+    a.D = c.D;
+    a.n_tokens = c.ntok;
+    a.n_q_heads = P.nqh;
+    a.n_kv_heads = c.nkvh;
+    a.n_kv = c.nkv;
+    a.n_seq = c.nseq;
+    // Q as llama.cpp hands it over: permute(q, 0, 2, 1, 3) of [D, heads, tokens, seqs]
+    a.Q = P.dq;
+    a.nbq1 = (int64_t) P.nqh * c.D * 4;
+    a.nbq2 = (int64_t) c.D * 4;
+    a.nbq3 = (int64_t) c.ntok * P.nqh * c.D * 4;
+    a.K = K; a.nbk1 = P.nbk1; a.nbk2 = P.nbk2; a.nbk3 = P.nbk3;
+    a.V = V; a.nbv1 = P.nbv1; a.nbv2 = P.nbv2; a.nbv3 = P.nbv3;
+    if (P.dm) {
+        a.mask = P.dm;
+        a.nbm1 = (int64_t) P.nkvpad * 2;
+        a.nbm3 = (int64_t) P.nkvpad * P.ntokpad * 2;
+        a.nem3 = P.nem3;
+    }
+    a.scale = P.scale;
+    a.dst = P.dout;
+    return a;
+}
+
+static int g_nsm = 0;
+
+static bool run_case(const tcase & c) {
+    problem P;
+    make(P, c);
+    upload(P);
+    const tq_fa_decode_args a = args_of(P, P.dk, P.dv);
+    char desc[256];
+    snprintf(desc, sizeof desc, "%s/%s D=%3d G=%d tok=%d kv=%5d kvh=%d seq=%d %-6s mask=%s off=%d",
+             codec_of(c.kb).name, codec_of(c.vb).name, c.D, c.G, c.ntok, c.nkv, c.nkvh, c.nseq,
+             c.contig ? "contig" : "inter", c.mask == MASK_NONE ? "none" : c.mask == MASK_ONE ? "one " : "seq ", c.offset);
+    if (!tq_fa_decode_supported(a)) {
+        printf("FAIL %s: not supported\n", desc);
+        release(P);
+        return false;
+    }
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, g_nsm, c.splits);
+    float * scratch = nullptr;
+    if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
+    const size_t nout = (size_t) c.nseq * c.ntok * P.nqh * c.D;
+    CK(cudaMemset(P.dout, 0xff, nout * sizeof(float))); // NaN: an unwritten output fails
+    CK(tq_fa_decode_launch(a, pl, scratch, 0));
+    CK(cudaDeviceSynchronize());
+    std::vector<float> out(nout);
+    CK(cudaMemcpy(out.data(), P.dout, nout * sizeof(float), cudaMemcpyDeviceToHost));
+    if (scratch) CK(cudaFree(scratch));
+
+    std::vector<double> ref;
+    reference(P, ref);
+    double maxref = 0, maxerr = 0;
+    size_t bad = 0;
+    for (size_t e = 0; e < nout; ++e) {
+        maxref = std::max(maxref, fabs(ref[e]));
+        const double d = fabs((double) out[e] - ref[e]);
+        if (!(d == d)) { ++bad; continue; }
+        maxerr = std::max(maxerr, d);
+    }
+    const double rel = maxref > 0 ? maxerr / maxref : maxerr;
+    const bool ok = bad == 0 && rel < 1e-3;
+    printf("%s %s RB=%d chunks=%d splits=%d: max err %.2e (rel %.2e)%s\n", ok ? "PASS" : "FAIL", desc,
+           pl.RB, pl.n_chunks, pl.n_splits, maxerr, rel, bad ? " NaN/unwritten outputs" : "");
+    release(P);
+    return ok;
+}
+
+// decode over n_kv keys, D 128, 8 KV heads, G 4, one token, llama.cpp's interleaved cache layout
+static int g_force_rb = 0;
+static int g_reps = 100;
+
+static void perf(int bits, int nkv, int nbuf) {
+    tcase c = { bits, bits, 128, 4, 1, nkv, 8, 1, false, MASK_ONE, 0, 0 };
+    problem P;
+    // the codes need not be a real quantization for timing: random bytes with sane scales
+    P.tc = c;
+    P.nqh = c.G * c.nkvh;
+    const codec & cd = codec_of(bits);
+    P.rowk = P.rowv = (int) (c.D / TQ_BLOCK * cd.block_bytes);
+    layout(P.rowk, c, P.nbk1, P.nbk2, P.nbk3);
+    layout(P.rowv, c, P.nbv1, P.nbv2, P.nbv3);
+    P.kbytes = P.vbytes = (size_t) P.nbk3;
+    P.scale = 1.0f / sqrtf((float) c.D);
+    P.q.resize((size_t) P.nqh * c.D);
+    for (auto & x : P.q) x = grand();
+    P.k.resize(P.kbytes);
+    for (auto & b : P.k) b = (uint8_t) (urand() * 256);
+    for (size_t o = 0; o < P.kbytes; o += cd.block_bytes) { // scales: fp16 in [0.05, 0.5)
+        const __half h = __float2half((float) (0.05 + 0.45 * urand()));
+        memcpy(&P.k[o], &h, 2);
+    }
+    P.v = P.k;
+    P.nem3 = 1; P.ntokpad = 1; P.nkvpad = nkv;
+    P.mask.assign((size_t) nkv, __float2half(0.0f));
+
+    CK(cudaMalloc(&P.dq, P.q.size() * sizeof(float)));
+    CK(cudaMemcpy(P.dq, P.q.data(), P.q.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&P.dm, P.mask.size() * sizeof(__half)));
+    CK(cudaMemcpy(P.dm, P.mask.data(), P.mask.size() * sizeof(__half), cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&P.dout, (size_t) P.nqh * c.D * sizeof(float)));
+    // nbuf copies of K and V: with more than the L2 holds, every call reads device memory
+    std::vector<uint8_t *> kb(nbuf), vb(nbuf);
+    for (int n = 0; n < nbuf; ++n) {
+        CK(cudaMalloc(&kb[n], P.kbytes));
+        CK(cudaMalloc(&vb[n], P.vbytes));
+        CK(cudaMemcpy(kb[n], P.k.data(), P.kbytes, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(vb[n], P.v.data(), P.vbytes, cudaMemcpyHostToDevice));
+    }
+    const tq_fa_decode_args a0 = args_of(P, kb[0], vb[0]);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a0, g_nsm, 0, g_force_rb);
+    float * scratch = nullptr;
+    if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
+
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    const int reps = g_reps;
+    for (int w = 0; w < 10; ++w) CK(tq_fa_decode_launch(args_of(P, kb[w % nbuf], vb[w % nbuf]), pl, scratch, 0));
+    CK(cudaEventRecord(e0));
+    for (int r = 0; r < reps; ++r) CK(tq_fa_decode_launch(args_of(P, kb[r % nbuf], vb[r % nbuf]), pl, scratch, 0));
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    const double us = 1e3 * ms / reps;
+    const double bytes = (double) (P.kbytes + P.vbytes);
+    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
+           cd.name, cd.name, nkv, nbuf > 1 ? "rotating buffers, from device memory" : "same buffers, L2-resident if they fit",
+           us, bytes / us * 1e-3, bytes * 1e-6, pl.RB, pl.n_chunks, pl.n_splits, pl.n_chunks * c.nkvh * pl.n_splits, pl.blocks_per_sm);
+
+    if (bits == 3 && nbuf > 1) {
+        // the copy bandwidth for the same byte count, from rotating buffers too
+        std::vector<uint8_t *> dstb(nbuf);
+        for (int n = 0; n < nbuf; ++n) CK(cudaMalloc(&dstb[n], P.kbytes + P.vbytes));
+        for (int w = 0; w < 10; ++w) {
+            CK(cudaMemcpyAsync(dstb[w % nbuf], kb[w % nbuf], P.kbytes, cudaMemcpyDeviceToDevice, 0));
+        }
+        CK(cudaEventRecord(e0));
+        for (int r = 0; r < reps; ++r) {
+            CK(cudaMemcpyAsync(dstb[r % nbuf], kb[r % nbuf], P.kbytes, cudaMemcpyDeviceToDevice, 0));
+            CK(cudaMemcpyAsync(dstb[r % nbuf] + P.kbytes, vb[r % nbuf], P.vbytes, cudaMemcpyDeviceToDevice, 0));
+        }
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        const double cus = 1e3 * ms / reps;
+        printf("perf d2d cudaMemcpy of the same %.1f MB: %.2f us, %.0f GB/s read (%.0f GB/s read + write)\n",
+               bytes * 1e-6, cus, bytes / cus * 1e-3, 2 * bytes / cus * 1e-3);
+        for (auto p : dstb) CK(cudaFree(p));
+    }
+
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    if (scratch) CK(cudaFree(scratch));
+    for (int n = 0; n < nbuf; ++n) {
+        CK(cudaFree(kb[n]));
+        CK(cudaFree(vb[n]));
+    }
+    CK(cudaFree(P.dq));
+    CK(cudaFree(P.dm));
+    CK(cudaFree(P.dout));
+}
+
+int main(int argc, char ** argv) {
+    bool quick = false, do_perf = true, do_tests = true;
+    int only_bits = 0;
+    for (int n = 1; n < argc; ++n) {
+        if (!strcmp(argv[n], "--quick")) quick = true;
+        else if (!strcmp(argv[n], "--no-perf")) do_perf = false;
+        else if (!strcmp(argv[n], "--perf-only")) do_tests = false;
+        else if (!strcmp(argv[n], "--bits") && n + 1 < argc) only_bits = atoi(argv[++n]);
+        else if (!strcmp(argv[n], "--rb") && n + 1 < argc) g_force_rb = atoi(argv[++n]);
+        else if (!strcmp(argv[n], "--reps") && n + 1 < argc) g_reps = atoi(argv[++n]);
+        else { printf("usage: %s [--quick] [--no-perf] [--perf-only] [--bits 2|3|4] [--rb 1|2|4] [--reps N]\n", argv[0]); return 2; }
+    }
+    int dev = 0;
+    CK(cudaGetDevice(&dev));
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, dev));
+    CK(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev));
+    printf("device: %s, %d SMs, L2 %d MB\n", prop.name, g_nsm, prop.l2CacheSize >> 20);
+
+    int failures = 0, ncases = 0;
+    if (do_tests) {
+        const int pairs[5][2] = { { 2, 2 }, { 3, 3 }, { 4, 4 }, { 4, 3 }, { 4, 2 } };
+        std::vector<tcase> cases;
+        for (const auto & pr : pairs) {
+            const int kb = pr[0], vb = pr[1];
+            for (int D : { 64, 128, 256 }) {
+                // kb, vb, D, G, ntok, nkv, nkvh, nseq, contig, mask, offset, splits
+                cases.push_back({ kb, vb, D, 1, 1,    1, 2, 1, false, MASK_ONE,     0, 0 });
+                cases.push_back({ kb, vb, D, 4, 1,  100, 2, 1, false, MASK_ONE,     0, 0 });
+                cases.push_back({ kb, vb, D, 8, 2,  100, 1, 2, true,  MASK_PER_SEQ, 0, 0 });
+                cases.push_back({ kb, vb, D, 1, 2,  333, 3, 1, false, MASK_ONE,     2, 0 });
+                if (quick) continue;
+                cases.push_back({ kb, vb, D, 1, 8, 4096, 2, 1, false, MASK_ONE,     2, 0 });
+                cases.push_back({ kb, vb, D, 4, 8, 4096, 1, 1, true,  MASK_NONE,    0, 0 });
+                cases.push_back({ kb, vb, D, 4, 2, 4096, 2, 1, false, MASK_ONE,     0, 1 });
+                cases.push_back({ kb, vb, D, 3, 3, 1000, 2, 2, false, MASK_ONE,     0, 7 });
+            }
+            cases.push_back({ kb, vb, 128, 7, 1,  1000, 2, 1, false, MASK_ONE, 0, 0 });
+            if (!quick) cases.push_back({ kb, vb, 128, 4, 1, 32768, 2, 1, false, MASK_ONE, 0, 0 });
+        }
+        for (const tcase & c : cases) {
+            ++ncases;
+            failures += run_case(c) ? 0 : 1;
+        }
+        printf("%d cases, %d failures\n", ncases, failures);
+    }
+    if (do_perf && !quick) {
+        const size_t kv3 = (size_t) 2 * 32768 * 8 * 2 * sizeof(block_tq3);
+        const int nbuf = (int) std::max<size_t>(2, (4 * (size_t) prop.l2CacheSize) / kv3 + 1);
+        for (int bits = 2; bits <= 4; ++bits) {
+            if (only_bits && bits != only_bits) continue;
+            perf(bits, 32768, 1);
+            perf(bits, 32768, nbuf);
+        }
+    }
+    if (do_tests) printf("%d failures\n", failures);
+    return failures ? 1 : 0;
+}
