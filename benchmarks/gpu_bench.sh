@@ -18,10 +18,19 @@
 #   # the device tool: run(command="bash benchmarks/gpu_bench.sh", carry=[".tqdev"])
 #
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
+# Steps not run by default:
+#   pip     instead of "build": the package itself, `CMAKE_ARGS="-DTQ_CUDA=ON ..." pip install .`, timed,
+#           from the carried tree (TQ_LLAMA_SOURCE_DIR) with the carried wheels (.tqdev/whl: cffi,
+#           pycparser) and pure-Python packages (.tqdev/site: llama_cpp, diskcache) that
+#           scripts/gpu-tree.sh puts there; later steps use the package's test-backend-ops and llama-bench
+#   pytest  tests/test_gpu.py against the installed package (needs "pip"), on a synthetic SmolLM2-shaped
+#           model (the real one is too large to carry)
+#   qk      native/bench/tq_cuda_qk_bench.cu: q.k logits over 32K keys, f32 / f16 / q8_0 / tq4 / tq3
 # Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
-# "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 q8_0 q4_0 tq4 tq3"),
-# TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_TARGETS, TQ_PERF_FILTER,
-# JOBS (default: all cores). A bench type written "tq3@vec" runs with TQ_CUDA_FA_DECODE=0.
+# "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
+# TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
+# TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type written "tq3@vec" runs with
+# TQ_CUDA_FA_DECODE=0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -83,7 +92,31 @@ if want build; then
         exit 1
     fi
 fi
-bin=$(dirname "$(find $b -name test-backend-ops -type f -perm -u+x | head -1)")
+# ---- 2'. or the package, as a user installs it -------------------------------------------------
+pkgdir() { cd /tmp && python3 -c "import importlib.util, os; s = importlib.util.find_spec('tq_llamacpp'); print(os.path.dirname(s.origin) if s else '')" 2>/dev/null; }
+if [ -d .tqdev/whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tq-site .tqdev/whl/*.whl >> "$out/pip.log" 2>&1
+fi
+export PYTHONPATH=/tmp/tq-site:$PWD/.tqdev/site${PYTHONPATH:+:$PYTHONPATH}
+if want pip; then
+    [ -f $src/CMakeLists.txt ] || { say "no $src: run scripts/gpu-tree.sh before the call and carry .tqdev"; exit 1; }
+    t0=$(date +%s)
+    CMAKE_BUILD_PARALLEL_LEVEL=$jobs CMAKE_ARGS="-DTQ_CUDA=ON -DTQ_LLAMA_SOURCE_DIR=$PWD/$src" \
+        timeout $(( $(left) - 60 )) python3 -m pip install --no-build-isolation --no-deps --no-index -v \
+        -Cbuild-dir=/tmp/tq-pip-build . >> "$out/pip.log" 2>&1
+    rc=$?
+    say "pip install (TQ_CUDA=ON, sm_90) rc=$rc in $(( $(date +%s) - t0 ))s ($(grep -c '\.cu\.o' "$out/pip.log") CUDA objects): $(tail -1 "$out/pip.log")"
+    if [ $rc -ne 0 ]; then
+        grep -B2 -A12 -m5 -E 'error|Error' "$out/pip.log" | head -80 >> "$sum"
+        exit 1
+    fi
+fi
+if want pip || { ! want build && [ -n "$(pkgdir)" ] && [ -x "$(pkgdir)/bin/test-backend-ops" ]; }; then
+    bin=$(pkgdir)/bin
+else
+    bin=$(dirname "$(find $b -name test-backend-ops -type f -perm -u+x 2>/dev/null | head -1)")
+fi
+say "tools: $bin"
 tbo=$bin/test-backend-ops
 
 # ---- 3. correctness against the CPU ---------------------------------------------------------------
@@ -117,15 +150,38 @@ if want bench && [ "$(left)" -gt 90 ]; then
     PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/bench.log" 2>&1
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
-    for spec in ${TQ_BENCH_TYPES:-f16 q8_0 q4_0 tq4 tq3}; do
+    for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
         t=${spec%@vec}; fa_decode=1; [ "$t" != "$spec" ] && fa_decode=0
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
         echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode)" >> "$out/bench.log"
         TQ_CUDA_FA_DECODE=$fa_decode timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
-            -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r 2 -o md >> "$out/bench.log" 2>&1
+            -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
     grep -E '^## |^\| llama' "$out/bench.log" >> "$sum"
+fi
+
+# ---- 5'. the GPU tests of the package (tests/test_gpu.py) -----------------------------------------
+if want pytest && [ "$(left)" -gt 60 ]; then
+    m=/tmp/tq-synthetic-smollm2.gguf
+    [ -f $m ] || PYTHONPATH=$src/gguf-py:$PYTHONPATH python3 benchmarks/make_synthetic_gguf.py $m --shape smollm2-135m \
+        --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/pytest.log" 2>&1
+    repo=$PWD
+    # from /tmp: the tests import the installed package, not the checkout
+    (cd /tmp && TQ_GPU_TEST_MODEL=$m timeout $(( $(left) - 20 )) python3 -m pytest -c "$repo/pyproject.toml" \
+        --rootdir "$repo" -p no:cacheprovider -v -s -m gpu "$repo/tests/test_gpu.py") >> "$out/pytest.log" 2>&1
+    say "pytest -m gpu rc=$?: $(grep -E '^(=+ )?[0-9]+ (passed|failed)|passed|failed' "$out/pytest.log" | tail -1)"
+    grep -E 'PASSED|FAILED|SKIPPED|ERROR|rel RMS' "$out/pytest.log" | cut -c1-200 >> "$sum"
+fi
+
+# ---- 5''. q.k logits over 32K keys per key format ----------------------------------------------
+if want qk && [ "$(left)" -gt 40 ]; then
+    n=/tmp/tq-native
+    [ -f $n/libtq_native.a ] || { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build $n -j "$jobs" >/dev/null; }
+    { nvcc -arch=sm_90 -std=c++17 -O2 -Inative/include -Inative/cuda native/bench/tq_cuda_qk_bench.cu $n/libtq_native.a \
+          -o $n/tq_cuda_qk_bench && timeout $(( $(left) - 20 )) $n/tq_cuda_qk_bench; } > "$out/qk.log" 2>&1
+    say "qk bench rc=$?"
+    cut -c1-220 "$out/qk.log" >> "$sum"
 fi
 
 # ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------

@@ -18,6 +18,9 @@ import gguf
 SHAPES = {
     # Meta Llama-3.1-8B: 32 layers, 4096 wide, 32 query / 8 KV heads of 128, FFN 14336, 128K context
     "llama-3.1-8b": dict(n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_ctx=131072, rope_theta=500000.0),
+    # SmolLM2-135M (head size 64, GQA 3): the GPU tests' stand-in for the real model, which is too
+    # large to carry to the GPU machine
+    "smollm2-135m": dict(n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536, n_ctx=8192, rope_theta=100000.0),
     # for checking this script quickly
     "tiny": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_ctx=4096, rope_theta=500000.0),
 }

@@ -38,3 +38,15 @@ done
 mkdir -p "$out/examples" "$out/pocs" "$out/app"
 touch "$out/examples/CMakeLists.txt" "$out/pocs/CMakeLists.txt" "$out/app/CMakeLists.txt"
 du -sh "$out"
+# The Python side for gpu_bench.sh's "pip" and "pytest" steps, which the GPU machine's image lacks
+# (it has numpy, jinja2, pytest, scikit-build-core, cmake, ninja, no network): cffi for its Python
+# 3.12 as wheels, and llama-cpp-python's Python layer from the same sdist (no build: this package's
+# libraries are the ones it loads) with diskcache, which it imports.
+rm -rf .tqdev/whl .tqdev/site
+mkdir -p .tqdev/whl .tqdev/site
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .tqdev/whl cffi==2.0.0 pycparser diskcache==5.6.3
+sdist_file=$HOME/.cache/tq-llamacpp/$sdist
+echo "$(sed -n 's/^# sha256: *//p' $series)  $sdist_file" | sha256sum -c --quiet
+tar -xzf "$sdist_file" -C .tqdev/site --strip-components=1 "${sdist%.tar.gz}/llama_cpp"
+du -sh .tqdev

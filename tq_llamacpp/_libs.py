@@ -44,6 +44,15 @@ def import_llama_cpp():
     d = lib_dir()
     mod = sys.modules.get("llama_cpp")
     if mod is None:
+        if sys.platform.startswith("linux") and (d / "libggml-cuda.so").exists():
+            # libggml-cuda.so as nvcc links it carries (and exports) its own copy of parts of libstdc++;
+            # loaded from Python, which has no libstdc++ of its own in the global scope, libllama's
+            # iostream calls bind to that copy and crash (seen on an H200 with CUDA 13, in print_info).
+            # The system libstdc++ loaded globally first takes those symbols back.
+            import ctypes  # noqa: PLC0415
+            import ctypes.util  # noqa: PLC0415
+
+            ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
         os.environ["LLAMA_CPP_LIB_PATH"] = str(d)
         import llama_cpp as mod  # noqa: PLC0415
     loaded = Path(getattr(mod.llama_cpp._lib, "_name", "") or "").resolve().parent
