@@ -141,7 +141,7 @@ def test_state_save_load_round_trip(tq, smollm2, type):
     llm.close()
 
 
-def test_k_shift_continues(tq, smollm2):
+def test_k_shift_continues(tq, smollm2, monkeypatch):
     """Drop tokens from the middle and shift the rest back: the K-shift re-applies RoPE to the coded
     keys (tq -> f32 -> rope -> tq). The tq4 cache must then go on predicting like an f16 cache that did
     the same. (The ops themselves are checked exactly by test-backend-ops CPY/ROPE cases.)"""
@@ -170,12 +170,16 @@ def test_k_shift_continues(tq, smollm2):
     # the re-coded keys move the logits a little; the f16 choice stays among tq4's first three
     assert np.argmax(f16) in np.argsort(tq4)[-3:]
     assert np.corrcoef(f16, tq4)[0, 1] > 0.98
-    # exactness of the shift itself: a q8_0 K cache stored centred and equalized (kv_center="k")
-    # shifts R(k - mu + mu) - mu, so it must follow f16 as closely as the plain q8_0 cache does
-    plain, centred = run("q8_0"), run("q8_0", kv_center="k")
-    r_plain, r_centred = np.corrcoef(f16, plain)[0, 1], np.corrcoef(f16, centred)[0, 1]
-    assert r_plain > 0.999 and r_centred > 0.999
-    assert abs(r_plain - r_centred) < 5e-4
+    # exactness of the shift itself: a q8_0 K cache stored centred and equalized (kv_center="k"), and
+    # centred only (LLAMA_KV_EQUALIZE=0), shifts s R(k - mu + mu) - s mu, so it must follow f16 as
+    # closely as the plain q8_0 cache does
+    plain, equalized = run("q8_0"), run("q8_0", kv_center="k")
+    monkeypatch.setenv("LLAMA_KV_EQUALIZE", "0")
+    centred = run("q8_0", kv_center="k")
+    r_plain = np.corrcoef(f16, plain)[0, 1]
+    for r in (np.corrcoef(f16, centred)[0, 1], np.corrcoef(f16, equalized)[0, 1]):
+        assert r_plain > 0.999 and r > 0.999
+        assert abs(r_plain - r) < 5e-4
 
 
 _TEXT = (b"It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "

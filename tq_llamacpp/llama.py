@@ -46,8 +46,9 @@ class Llama(llama_cpp.Llama):
     flash_attn=False with such a cache raises ValueError instead of failing inside llama.cpp.
 
     kv_center: how the cache stores K (and V) relative to per-head means fixed by the first ubatch
-    (README, "Centring"): "auto" (the default: K of a tq cache, centred and channel-equalized),
-    True / "k" (K of any quantized cache), "kv" (K and V), False / "off".
+    (README, "Centring"; K's mean and channel factors weighted per RoPE pair for the positions the
+    cache will hold): "auto" (the default: K of a tq cache, centred and equalized), True / "k" (K of
+    any quantized cache), "kv" (K and V), False / "off".
     """
 
     def __init__(self, model_path: Union[str, Path], *, type_k: TypeArg = None, type_v: TypeArg = None,
