@@ -5,7 +5,9 @@ rewrite its .md/.json/.png. For re-measuring only the cache types a change affec
 keep their earlier run (the f16 reference, text and chunks are the same; the table says which rows
 came from which run).
 
-    python benchmarks/merge_quality.py OLD.json NEW.json [--note TEXT]
+    python benchmarks/merge_quality.py OLD.json NEW.json [--drop TYPES] [--note TEXT]
+
+--drop removes rows that the change affected but the newer run did not measure again.
 """
 import argparse
 import json
@@ -18,6 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old")
     ap.add_argument("new")
+    ap.add_argument("--drop", default="", help="comma-separated row types to leave out")
     ap.add_argument("--note", default="")
     a = ap.parse_args()
     old, new = json.loads(Path(a.old).read_text()), json.loads(Path(a.new).read_text())
@@ -25,7 +28,9 @@ def main() -> None:
         if old["meta"][key] != new["meta"][key]:
             raise SystemExit(f"{key} differs: {old['meta'][key]} vs {new['meta'][key]}")
     fresh = {r["type"]: r for r in new["results"]}
-    rows = [fresh.pop(r["type"], r) for r in old["results"]] + list(fresh.values())
+    drop = set(filter(None, a.drop.split(",")))
+    rows = [fresh.pop(r["type"], r) for r in old["results"] if r["type"] not in drop or r["type"] in fresh]
+    rows += list(fresh.values())
     meta = dict(old["meta"])
     meta["how"] = (f"Rows {', '.join(r['type'] for r in new['results'])}: {new['meta']['how']} "
                    f"Other rows: {old['meta']['how']} {a.note}").strip()
