@@ -20,6 +20,7 @@
 #include "tq-common.cuh"
 
 #include "tq-ggml.h"
+#include "../tests/tq_cuda_test_util.h"
 
 #include <cuda_fp16.h>
 
@@ -30,8 +31,6 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(2); } } while (0)
 
 constexpr int D = 128, G = 4, NKVH = 8, LANES = 8;
 constexpr int QK8 = 32;
@@ -44,12 +43,6 @@ static const int FMT_ROW[NFMT] = { 4 * D, 2 * D, (D / QK8) * 34, (D / 64) * (int
                                    (D / 64) * (int) sizeof(block_tq3) };
 static bool fmt_int8(int f) { return f == Q8_0 || f == TQ4I || f == TQ3I; }
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static double urand() {
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return ((rng_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-static float grand() { return (float) (sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
 
 // int8 centroid tables: code k -> round(c_k * 127 / max|c|), four codes per word
 struct i8_table { uint32_t w[4]; float inv; };

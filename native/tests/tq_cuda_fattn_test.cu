@@ -14,6 +14,7 @@
 #include "tq-fattn-decode.cuh"
 
 #include "tq-ggml.h"
+#include "tq_cuda_test_util.h"
 
 #include <cuda_fp16.h>
 
@@ -24,14 +25,6 @@
 #include <string>
 #include <vector>
 
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(2); } } while (0)
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static double urand() {
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return ((rng_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-static float grand() { return (float) (sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
 
 struct codec {
     const char * name;

@@ -11,13 +11,15 @@
 
 #include "tq-ggml.h"
 
+#define TQ_TEST_SEED 0x1234567ull
+#include "tq_cuda_test_util.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(2); } } while (0)
 
 template <typename block_t, void (*q)(const float *, block_t *)>
 __global__ void k_quant1(const float * x, block_t * y, int nb) {
@@ -64,12 +66,6 @@ __global__ void k_dot(const void * y, const float * q, float * out, int nrows) {
     if (g < nrows && t == 0) out[g] = s;
 }
 
-static uint64_t rng_state = 0x1234567;
-static double urand() {
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return ((rng_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-static float grand() { return (float) (sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
 
 struct type_info {
     const char * name;
