@@ -112,24 +112,25 @@ def test_bad_input_fails_before_any_model_runs(nd, smollm2):
         nd.run_needle(smollm2, ["f16"], n_ctx=1024, text="/nonexistent.txt")
 
 
-# one needle in the middle, where retrieval is hardest, keeps the test to two 8K prefills (CI's 2
+# one needle in the middle, where retrieval is hardest, keeps the test to three 8K prefills (CI's 2
 # cores); `tq-llama needle` reports every depth (README)
 DEPTHS_8K = [0.5]
 
 
 @pytest.mark.slow
-def test_tq4_retrieves_like_f16_at_8k(nd, smollm2):
-    """SmolLM2-135M at its full 8K training context: tq4 (K and V) finds the pass key where an f16 cache
-    does. Measured 2026-11-28 on this 2-core machine (depth 0.5, key 60494): f16 and tq4 found it (329 s
-    and 278 s per prompt with another benchmark on the cores); tq3 did NOT (answered "green. The sky is
-    blue."), so the seed's "retrieval unchanged" holds for tq4 here, not for tq3 (README)."""
-    results = {r.type: r for r in nd.run_needle(smollm2, ["f16", "tq4"], depths=DEPTHS_8K, trials=1,
+def test_tq4_and_tq3_retrieve_like_f16_at_8k(nd, smollm2):
+    """SmolLM2-135M at its full 8K training context: tq4 and tq3 caches (K and V) find the pass key
+    where an f16 cache does (the seed's "retrieval unchanged"). Measured 2026-11-28 on this 2-core
+    machine (depth 0.5, key 60494): all three found it (69 s, 61 s, 59 s per prompt). With session 2's
+    centring tq3 did not (answered "green. The sky is blue."); the RoPE-aware statistics fixed it."""
+    results = {r.type: r for r in nd.run_needle(smollm2, ["f16", "tq4", "tq3"], depths=DEPTHS_8K, trials=1,
                                                 seed=0, progress=nd.stderr_progress)}
     f16 = results["f16"]
     assert f16.trials[0].prompt_tokens > 8192 - 32  # the full context, not a shrunken one
     assert f16.accuracy()[0] > 0, "f16 finds no pass key: the test would compare nothing"
-    for d in DEPTHS_8K:
-        assert results["tq4"].accuracy(d) == f16.accuracy(d), (d, [x.answer for x in results["tq4"].trials])
+    for t in ("tq4", "tq3"):
+        for d in DEPTHS_8K:
+            assert results[t].accuracy(d) == f16.accuracy(d), (t, d, [x.answer for x in results[t].trials])
 
 
 @pytest.mark.slow
