@@ -88,7 +88,7 @@ int main(int argc, char **argv) {
         }
     }
     tq_reset_isa();
-    printf("\n| type | bits/value | relative MSE (least-squares scale, shipped) | relative MSE (RMS scale) |\n|---|---|---|---|\n");
+    printf("\n| type | bits/value | relative MSE (shipped scale: <x, x_hat> = <x, x>) | relative MSE (RMS scale) |\n|---|---|---|---|\n");
     for (int ty = 0; ty < TQ_TYPE_COUNT; ty++) {
         double mse[2];
         for (int m = 0; m < 2; m++) {

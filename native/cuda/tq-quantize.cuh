@@ -104,9 +104,9 @@ static __device__ __forceinline__ void tq_cuda_assign4(const float x[4], const f
     }
 }
 
-// tq_lsq_refit over the half warp
+// tq_refit_sums over the half warp
 template <int bits>
-static __device__ __forceinline__ float tq_cuda_refit16(const float x[4], const uint32_t c[4], const float fallback) {
+static __device__ __forceinline__ void tq_cuda_refit_sums16(const float x[4], const uint32_t c[4], float * xcs, float * ccs) {
     const float * cb = tq_codebook_for(bits);
     float v = cb[c[0]];
     float xc = TQ_MUL(x[0], v);
@@ -117,10 +117,11 @@ static __device__ __forceinline__ float tq_cuda_refit16(const float x[4], const 
         xc = TQ_ADD(xc, TQ_MUL(x[r], v));
         cc = TQ_ADD(cc, TQ_MUL(v, v));
     }
-    return tq_lsq_scale(tq_cuda_fold16(xc), tq_cuda_fold16(cc), fallback);
+    *xcs = tq_cuda_fold16(xc);
+    *ccs = tq_cuda_fold16(cc);
 }
 
-// codes c[r] of values l + 16 r and the fp16 scale: tq_quantize_codes(bits, x, c, 1) on 16 lanes.
+// codes c[r] of values l + 16 r and the fp16 scale: tq_quantize_codes(bits, x, c, TQ_SCALE_UNBIASED) on 16 lanes.
 // Every path runs the same shuffles; the block's case (non-finite, zero, past fp16, normal) only
 // selects among the results at the end.
 template <int bits>
@@ -143,9 +144,12 @@ static __device__ __forceinline__ tq_half tq_cuda_quantize_codes16(const float x
 
     uint32_t c1[4], c2[4];
     tq_cuda_assign4<bits>(x, inv, c1);
-    const float d1 = tq_cuda_refit16<bits>(x, c1, rms);
+    float xc, cc;
+    tq_cuda_refit_sums16<bits>(x, c1, &xc, &cc);
+    const float d1 = tq_lsq_scale(xc, cc, rms);
     tq_cuda_assign4<bits>(x, kind == 1 ? TQ_DIV(1.0f, d1) : inv, c2);
-    const float d2 = tq_cuda_refit16<bits>(x, c2, d1);
+    tq_cuda_refit_sums16<bits>(x, c2, &xc, &cc);
+    const float d2 = tq_unbiased_scale(sumsq, xc, tq_lsq_scale(xc, cc, d1));
 
 #pragma unroll
     for (int r = 0; r < 4; ++r) {

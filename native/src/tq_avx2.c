@@ -110,7 +110,7 @@ static inline void assign(int bits, const __m256 x[8], float inv, __m256i c[2], 
     narrow(k, c);
 }
 
-static inline float refit(const __m256 x[8], const __m256 val[8], float fallback) {
+static inline void refit_sums(const __m256 x[8], const __m256 val[8], float *xc, float *cc) {
     __m256 xc0 = _mm256_mul_ps(x[0], val[0]), xc1 = _mm256_mul_ps(x[1], val[1]);
     __m256 cc0 = _mm256_mul_ps(val[0], val[0]), cc1 = _mm256_mul_ps(val[1], val[1]);
     for (int g = 2; g < 8; g += 2) {
@@ -119,7 +119,8 @@ static inline float refit(const __m256 x[8], const __m256 val[8], float fallback
         cc0 = _mm256_add_ps(cc0, _mm256_mul_ps(val[g], val[g]));
         cc1 = _mm256_add_ps(cc1, _mm256_mul_ps(val[g + 1], val[g + 1]));
     }
-    return tq_lsq_scale(fold16(xc0, xc1), fold16(cc0, cc1), fallback);
+    *xc = fold16(xc0, xc1);
+    *cc = fold16(cc0, cc1);
 }
 
 static inline tq_half quantize_block(int bits, const float *xp, __m256i c[2]) {
@@ -141,7 +142,8 @@ static inline tq_half quantize_block(int bits, const float *xp, __m256i c[2]) {
         return TQ_HALF_NAN;
     }
     float inv, rms;
-    int kind = tq_first_scale(fold16(s0, s1), &inv, &rms);
+    const float sumsq = fold16(s0, s1);
+    int kind = tq_first_scale(sumsq, &inv, &rms);
     if (kind == 0) {
         c[0] = c[1] = _mm256_setzero_si256();
         return 0;
@@ -149,9 +151,12 @@ static inline tq_half quantize_block(int bits, const float *xp, __m256i c[2]) {
     __m256 val[8];
     assign(bits, x, inv, c, val);
     if (kind == 2) return tq_store_scale(TQ_FP16_MAX);
-    float d1 = refit(x, val, rms);
+    float xc, cc;
+    refit_sums(x, val, &xc, &cc);
+    float d1 = tq_lsq_scale(xc, cc, rms);
     assign(bits, x, 1.0f / d1, c, val);
-    return tq_store_scale(refit(x, val, d1));
+    refit_sums(x, val, &xc, &cc);
+    return tq_store_scale(tq_unbiased_scale(sumsq, xc, tq_lsq_scale(xc, cc, d1)));
 }
 
 static inline void store2(const __m256i c[2], uint8_t *qs) {

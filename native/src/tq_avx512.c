@@ -83,14 +83,15 @@ static inline void assign(int bits, const __m512 x[4], float inv, __m512 btab, _
     }
 }
 
-static inline float refit(const __m512 x[4], const __m512 val[4], float fallback) {
+static inline void refit_sums(const __m512 x[4], const __m512 val[4], float *xcs, float *ccs) {
     __m512 xc = _mm512_mul_ps(x[0], val[0]);
     __m512 cc = _mm512_mul_ps(val[0], val[0]);
     for (int r = 1; r < 4; r++) {
         xc = _mm512_add_ps(xc, _mm512_mul_ps(x[r], val[r]));
         cc = _mm512_add_ps(cc, _mm512_mul_ps(val[r], val[r]));
     }
-    return tq_lsq_scale(fold16(xc), fold16(cc), fallback);
+    *xcs = fold16(xc);
+    *ccs = fold16(cc);
 }
 
 /* Codes (k[r] = int32 codes of values 16r..16r+15) and fp16 scale of one block. */
@@ -109,7 +110,8 @@ TQ_INLINE tq_half quantize_block(int bits, const float *xp, __m512 btab, __m512 
         return TQ_HALF_NAN;
     }
     float inv, rms;
-    int kind = tq_first_scale(fold16(s), &inv, &rms);
+    const float sumsq = fold16(s);
+    int kind = tq_first_scale(sumsq, &inv, &rms);
     if (kind == 0) {
         k[0] = k[1] = k[2] = k[3] = _mm512_setzero_si512();
         return 0;
@@ -117,9 +119,12 @@ TQ_INLINE tq_half quantize_block(int bits, const float *xp, __m512 btab, __m512 
     __m512 val[4];
     assign(bits, x, inv, btab, ctab, k, val);
     if (kind == 2) return tq_store_scale(TQ_FP16_MAX);
-    float d1 = refit(x, val, rms);
+    float xc, cc;
+    refit_sums(x, val, &xc, &cc);
+    float d1 = tq_lsq_scale(xc, cc, rms);
     assign(bits, x, 1.0f / d1, btab, ctab, k, val);
-    return tq_store_scale(refit(x, val, d1));
+    refit_sums(x, val, &xc, &cc);
+    return tq_store_scale(tq_unbiased_scale(sumsq, xc, tq_lsq_scale(xc, cc, d1)));
 }
 
 /* 2-bit plane: qs[l] = c[l] | c[l+16] << 2 | c[l+32] << 4 | c[l+48] << 6 (low two code bits). */

@@ -78,7 +78,7 @@ static inline void assign(int bits, const float32x4_t x[16], float inv, const ui
     }
 }
 
-static inline float refit(const float32x4_t x[16], const float32x4_t val[16], float fallback) {
+static inline void refit_sums(const float32x4_t x[16], const float32x4_t val[16], float *xcs, float *ccs) {
     float32x4_t xc[4], cc[4];
     for (int q = 0; q < 4; q++) {
         xc[q] = vmulq_f32(x[q], val[q]);
@@ -89,7 +89,8 @@ static inline float refit(const float32x4_t x[16], const float32x4_t val[16], fl
             xc[q] = vaddq_f32(xc[q], vmulq_f32(x[4 * r + q], val[4 * r + q]));
             cc[q] = vaddq_f32(cc[q], vmulq_f32(val[4 * r + q], val[4 * r + q]));
         }
-    return tq_lsq_scale(fold16(xc), fold16(cc), fallback);
+    *xcs = fold16(xc);
+    *ccs = fold16(cc);
 }
 
 TQ_INLINE tq_half quantize_block(int bits, const float *xp, const uint8x16x4_t tab, uint8x16_t c[4]) {
@@ -108,7 +109,8 @@ TQ_INLINE tq_half quantize_block(int bits, const float *xp, const uint8x16x4_t t
         return TQ_HALF_NAN;
     }
     float inv, rms;
-    int kind = tq_first_scale(fold16(a), &inv, &rms);
+    const float sumsq = fold16(a);
+    int kind = tq_first_scale(sumsq, &inv, &rms);
     if (kind == 0) {
         c[0] = c[1] = c[2] = c[3] = vdupq_n_u8(0);
         return 0;
@@ -116,9 +118,12 @@ TQ_INLINE tq_half quantize_block(int bits, const float *xp, const uint8x16x4_t t
     float32x4_t val[16];
     assign(bits, x, inv, tab, c, val);
     if (kind == 2) return tq_store_scale(TQ_FP16_MAX);
-    float d1 = refit(x, val, rms);
+    float xc, cc;
+    refit_sums(x, val, &xc, &cc);
+    float d1 = tq_lsq_scale(xc, cc, rms);
     assign(bits, x, 1.0f / d1, tab, c, val);
-    return tq_store_scale(refit(x, val, d1));
+    refit_sums(x, val, &xc, &cc);
+    return tq_store_scale(tq_unbiased_scale(sumsq, xc, tq_lsq_scale(xc, cc, d1)));
 }
 
 /* 2-bit plane: qs[l] = c[l] | c[l+16] << 2 | c[l+32] << 4 | c[l+48] << 6 (low two code bits). */
