@@ -54,9 +54,7 @@ def main() -> None:
         try:
             for p, ans in zip(prompts, answers):
                 t0 = time.perf_counter()
-                keep = 0  # reuse the prefix shared with the previous prompt, as `tq-llama needle` does
-                while keep < min(len(prev), len(p.tokens)) - 1 and prev[keep] == p.tokens[keep]:
-                    keep += 1
+                keep = nd._common_prefix(prev, p.tokens)  # as `tq-llama needle` reuses the cache
                 llm.n_tokens = keep
                 llm.eval(p.tokens[keep:])
                 lps = []
