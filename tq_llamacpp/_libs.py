@@ -14,9 +14,9 @@ from pathlib import Path
 # install keeps in site-packages while the .py files stay in the checkout
 _PKG = Path(importlib.util.find_spec("tq_llamacpp._native").origin).resolve().parent
 
+from .errors import LibraryNotFound
 
-class LibraryNotFound(RuntimeError):
-    pass
+__all__ = ["LibraryNotFound", "lib_dir", "tool", "import_llama_cpp"]
 
 
 def lib_dir() -> Path:
@@ -57,7 +57,7 @@ def import_llama_cpp():
         import llama_cpp as mod  # noqa: PLC0415
     loaded = Path(getattr(mod.llama_cpp._lib, "_name", "") or "").resolve().parent
     if loaded != d.resolve():
-        raise ImportError(
+        raise LibraryNotFound(
             f"llama_cpp was imported before tq_llamacpp and uses {loaded}, which has no tq cache types; "
             "import tq_llamacpp first (or set LLAMA_CPP_LIB_PATH to " + str(d) + ")"
         )
