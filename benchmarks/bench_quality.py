@@ -28,7 +28,7 @@ def main() -> None:
     text = text_path("pride-and-prejudice")
     for name in a.models.split(","):
         model = model_path(name)
-        res = cmp.compare(model, text, a.types.split(","), ctx=a.ctx, chunks=a.chunks, progress=cmp.stderr_progress)
+        res = cmp.compare(model, text, a.types.split(","), ctx=a.ctx, chunks=a.chunks, progress=True)
         title = f"{name}, Pride and Prejudice, ctx {a.ctx}, {a.chunks} chunks"
         how = (f"Measured {cmp.now_stamp()} on a 2-core AMD EPYC (AVX2), CPU build: "
                f"`python benchmarks/bench_quality.py --models {name} --ctx {a.ctx} --chunks {a.chunks}"

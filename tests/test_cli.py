@@ -23,7 +23,7 @@ def test_compare_writes_table_json_and_plot(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| tq4 | 4.25 |" in proc.stdout and "| q8_0/tq3 | 5.88 |" in proc.stdout
-    assert "tq4: chunk 1/1" in proc.stderr  # progress
+    assert "tq4: 1/1 chunk" in proc.stderr  # progress, a line per step without a terminal
     data = json.loads((out / "compare.json").read_text())
     assert [r["type"] for r in data["results"]] == ["tq4", "q8_0/tq3"]
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -127,7 +127,7 @@ def test_tq4_and_tq3_retrieve_like_f16_at_8k(nd, smollm2):
     2 of 4 keys with session 6's unbiased scale (0 of 4 before), f16 and tq4 4 of 4 (README, Passkey),
     so "retrieval unchanged" holds for tq4 only."""
     results = {r.type: r for r in nd.run_needle(smollm2, ["f16", "tq4", "tq3"], depths=DEPTHS_8K, trials=1,
-                                                seed=0, progress=nd.stderr_progress)}
+                                                seed=0, progress=True)}
     f16 = results["f16"]
     assert f16.trials[0].prompt_tokens > 8192 - 32  # the full context, not a shrunken one
     assert f16.accuracy()[0] > 0, "f16 finds no pass key: the test would compare nothing"
@@ -143,7 +143,7 @@ def test_tq4_retrieves_like_f16_7400_tokens_back(nd, smollm2):
     find key 60494 (2026-11-28, this machine, about 60 s per prompt); tq4 found it with the
     least-squares scale as well, so this pins the 4-bit cache's long-range retrieval, not the fix."""
     results = {r.type: r for r in nd.run_needle(smollm2, ["f16", "tq4"], depths=[0.1], trials=1, seed=0,
-                                                progress=nd.stderr_progress)}
+                                                progress=True)}
     assert results["f16"].accuracy(0.1) == (1, 1), [x.answer for x in results["f16"].trials]
     assert results["tq4"].accuracy(0.1) == (1, 1), [x.answer for x in results["tq4"].trials]
 

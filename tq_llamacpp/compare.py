@@ -14,9 +14,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ._libs import tool
+from ._progress import Progress
 from .cache_types import CacheType, pair_name, parse_pair
 from .data import cache_dir
 from .llama import check_cache_types, kv_bytes
@@ -61,24 +62,21 @@ def parse_output(text: str) -> dict[str, Optional[float]]:
     return out
 
 
-def _run(cmd: Sequence[str], label: str, chunks: int, progress: Optional[Callable[[str], None]],
-         env: Optional[dict] = None) -> str:
-    """Run llama-perplexity, reporting chunk progress; return its whole output."""
+def _run(cmd: Sequence[str], label: str, chunks: int, progress: bool, env: Optional[dict] = None) -> str:
+    """Run llama-perplexity, showing its chunks on a progress bar; return its whole output."""
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             encoding="utf-8", errors="replace", env=env)
     lines = []
     assert proc.stdout is not None
-    seen = 0
-    for line in proc.stdout:
-        lines.append(line)
-        # PPL runs print "[1]12.3,[2]..." and KLD runs one line per chunk starting with its number
-        done = max([int(n) for n in re.findall(r"\[(\d+)\]", line)] or [0])
-        m = re.match(r"^\s{0,3}(\d+)\s{4}", line)
-        if m:
-            done = max(done, int(m.group(1)))
-        if progress and done > seen:
-            seen = done
-            progress(f"{label}: chunk {seen}/{chunks}")
+    with Progress(label, total=chunks, unit="chunk", enabled=progress) as bar:
+        for line in proc.stdout:
+            lines.append(line)
+            # PPL runs print "[1]12.3,[2]..." and KLD runs one line per chunk starting with its number
+            done = max([int(n) for n in re.findall(r"\[(\d+)\]", line)] or [0])
+            m = re.match(r"^\s{0,3}(\d+)\s{4}", line)
+            if m:
+                done = max(done, int(m.group(1)))
+            bar.update_to(done)
     rc = proc.wait()
     text = "".join(lines)
     if rc != 0:
@@ -113,7 +111,7 @@ def parse_spec(spec: str) -> tuple[CacheType, CacheType, Optional[str]]:
 
 
 def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunks: int = 20,
-            threads: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
+            threads: Optional[int] = None, progress: bool = False,
             extra_args: Sequence[str] = ()) -> list[Result]:
     """KLD, PPL and speed of each cache type (or K/V pair) against the f16 cache."""
     model, text = Path(model), Path(text)
@@ -182,7 +180,12 @@ def write_outputs(results: Sequence[Result], out_dir: Path, meta: dict, stem: st
     js.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     paths = [md, js]
     png = out_dir / f"{stem}.png"
-    import matplotlib  # noqa: PLC0415  (slow import: only when a plot is written)
+    try:
+        import matplotlib  # noqa: PLC0415  (slow import: only when a plot is written)
+    except ImportError:
+        print(f"no plot ({png.name}): matplotlib is not installed (pip install 'tq-llamacpp[plot]')",
+              file=sys.stderr)
+        return paths
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -204,11 +207,6 @@ def write_outputs(results: Sequence[Result], out_dir: Path, meta: dict, stem: st
     plt.close(fig)
     paths.append(png)
     return paths
-
-
-def stderr_progress(msg: str) -> None:
-    sys.stderr.write(f"\r\x1b[K{msg}" if sys.stderr.isatty() else msg + "\n")
-    sys.stderr.flush()
 
 
 def now_stamp() -> str:

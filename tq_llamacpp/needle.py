@@ -17,12 +17,12 @@ import json
 import os
 import random
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+from ._progress import Progress
 from .cache_types import pair_name
 from .gguf_meta import attention_shape, read_metadata
 
@@ -239,8 +239,7 @@ def _check_ctx(model_path: Path, n_ctx: int) -> None:
 def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Optional[int] = None,
                depths: Sequence[float] = DEFAULT_DEPTHS, trials: int = 1, seed: Optional[int] = 0,
                text: Union[str, Path, None] = None, threads: Optional[int] = None, n_batch: int = 512,
-               max_new_tokens: int = MAX_NEW_TOKENS,
-               progress: Optional[Callable[[str], None]] = None) -> list[TypeResult]:
+               max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = False) -> list[TypeResult]:
     """Passkey retrieval with each cache type, given as `tq-llama compare --types` takes them ("tq3",
     a K/V pair "q8_0/tq3", a centring "tq3@off"): the same prompts, one Llama per type. `n_ctx`
     defaults to the model's training context; `text` (a file) replaces the repeated neutral filler
@@ -292,6 +291,7 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
                          kv_mib=kv_bytes(model_path, k, v, n_ctx=n_ctx, n_ubatch=n_batch) / 2**20, seconds=0.0)
         try:
             prev: list[int] = []
+            bar = Progress(label, total=len(order), unit="prompt", enabled=progress)
             for i, (d, t) in enumerate(order):
                 p = prompts[(d, t)]
                 reused = _common_prefix(prev, p.tokens)
@@ -304,10 +304,11 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
                               prompt_tokens=len(p.tokens), evaluated_tokens=len(p.tokens) - reused, seconds=sec,
                               actual_depth=p.actual_depth)
                 res.trials.append(trial)
-                if progress:
-                    progress(f"{label}: {i + 1}/{len(order)} depth {d:g} key {p.passkey} -> {answer.strip()!r} "
-                             f"({'ok' if trial.correct else 'MISS'}, {trial.evaluated_tokens} tokens, {sec:.1f} s)")
+                bar.write(f"{label}: depth {d:g} key {p.passkey} -> {answer.strip()!r} "
+                          f"({'ok' if trial.correct else 'MISS'}, {trial.evaluated_tokens} tokens, {sec:.1f} s)")
+                bar.update_to(i + 1)
         finally:
+            bar.close()
             llm.close()
         res.seconds = time.perf_counter() - t0
         res.trials.sort(key=lambda tr: (tr.depth, tr.trial))
@@ -353,7 +354,3 @@ def to_json(results: Sequence[TypeResult], meta: dict) -> str:
         out.append(d)
     return json.dumps({"meta": meta, "results": out}, indent=2) + "\n"
 
-
-def stderr_progress(msg: str) -> None:
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
