@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Why TQ_BLOCK = 64: relative MSE of the tq coding rules at block length 64 vs 128, with the
 Gaussian-limit and the Beta(d=64) codebooks, on rows of random unit vectors (rotated data is
-distributed so). Pure numpy re-implementation of the coding rules (RMS scale, then two
-least-squares refits); the C library is the reference for everything else.
+distributed so). Pure numpy re-implementation of the code choice (codes at the RMS scale, then two
+least-squares refits, which pick the codes the codec stores); the codec then stores the unbiased
+scale for those codes, whose MSE is higher by the factor 1/(1 - D) (native/README.md, Scale), the
+same for every block length, so the comparison of block lengths holds. The C library is the
+reference for everything else.
 
     python benchmarks/bench_block_length.py [--n 100000] [--dim 128]
 """
@@ -46,7 +49,7 @@ def main() -> None:
         pdf, lim = gen_codebooks.beta_pdf(64)
         books[("beta64", bits)] = gen_codebooks.lloyd_max(pdf, lim, 1 << bits)[0]
     print(f"relative MSE, {a.n} random unit vectors of dim {a.dim}\n")
-    print("| bits | block | bits/value | codebook | RMS scale | least-squares refit (shipped rule) |")
+    print("| bits | block | bits/value | codebook | RMS scale | least-squares refit (the codec's codes) |")
     print("|---|---|---|---|---|---|")
     for bits in (2, 3, 4):
         for block in (64, 128):

@@ -6,8 +6,13 @@ tests/test_llama_api.py checks every row against the built libggml.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Union
+
+import numpy as np
+
+from .errors import TqTypeError, TqValueError
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class CacheType:
 
     def row_bytes(self, n: int) -> int:
         if n % self.block:
-            raise ValueError(f"{self.name} codes blocks of {self.block} values; a row of {n} does not divide")
+            raise TqValueError(f"{self.name} codes blocks of {self.block} values; a row of {n} does not divide")
         return n // self.block * self.block_bytes
 
 
@@ -62,19 +67,23 @@ def cache_type(value: Union[str, int, CacheType]) -> CacheType:
     """Resolve a cache type given by name ("tq3", case-insensitive) or ggml id; ValueError otherwise."""
     if isinstance(value, CacheType):
         return value
-    if isinstance(value, bool):  # bool is an int: refuse it rather than read True as f16
-        raise TypeError(f"cache type must be a name or a ggml type id, not {value!r}")
-    if isinstance(value, int):
-        if value in _BY_ID:
-            return _BY_ID[value]
-        raise ValueError(f"unknown KV cache type id {value}; valid ids: "
-                         + ", ".join(f"{t.ggml_id} ({t.name})" for t in CACHE_TYPES.values()))
     if isinstance(value, str):
         key = value.strip().lower()
         if key in CACHE_TYPES:
             return CACHE_TYPES[key]
-        raise ValueError(f"unknown KV cache type {value!r}; valid names: {', '.join(CACHE_TYPES)}")
-    raise TypeError(f"cache type must be a name or a ggml type id, not {type(value).__name__}")
+        if key.isdigit():  # "161", as a command line or a JSON config gives an id
+            return cache_type(int(key))
+        raise TqValueError(f"unknown KV cache type {value!r}; valid names: {', '.join(CACHE_TYPES)}")
+    if isinstance(value, (bool, np.bool_)):  # bool is an int: refuse it rather than read True as f16
+        raise TqTypeError(f"cache type must be a name or a ggml type id, not {value!r}")
+    try:
+        ident = operator.index(value)  # int, numpy integers
+    except TypeError:
+        raise TqTypeError(f"cache type must be a name or a ggml type id, not {type(value).__name__}") from None
+    if ident in _BY_ID:
+        return _BY_ID[ident]
+    raise TqValueError(f"unknown KV cache type id {ident}; valid ids: "
+                       + ", ".join(f"{t.ggml_id} ({t.name})" for t in CACHE_TYPES.values()))
 
 
 def parse_pair(spec: str) -> tuple[CacheType, CacheType]:
@@ -85,7 +94,7 @@ def parse_pair(spec: str) -> tuple[CacheType, CacheType]:
         return t, t
     if len(parts) == 2:
         return cache_type(parts[0]), cache_type(parts[1])
-    raise ValueError(f"cache type pair must be 'K' or 'K/V', got {spec!r}")
+    raise TqValueError(f"cache type pair must be 'K' or 'K/V', got {spec!r}")
 
 
 def pair_name(k: CacheType, v: CacheType) -> str:

@@ -8,11 +8,16 @@ from collections.abc import Callable, Sequence
 
 def _info(args: argparse.Namespace) -> int:
     from . import __version__, native
+    from ._libs import LibraryNotFound, lib_dir
 
     print(f"tq-llamacpp {__version__}")
     print(f"isa active: {native.isa_active()}")
     print(f"isa available: {', '.join(native.isa_available())}")
     print("cache types: " + ", ".join(f"{t} ({native.bits_per_value(t):g} bits/value)" for t in native.TYPE_NAMES))
+    try:
+        print(f"llama.cpp libraries: {lib_dir()} (LLAMA_CPP_LIB_PATH for llama_cpp used without tq_llamacpp)")
+    except LibraryNotFound as exc:
+        print(f"llama.cpp libraries: missing ({exc})")
     return 0
 
 
@@ -37,7 +42,7 @@ def _resolve_model(path: str | None):
         # a file of that name wins over a registry name: a model saved as ./smollm2 stays usable
         if path in MODELS:
             return model_path(path)
-        raise SystemExit(f"tq-llama: model file not found: {p}")
+        raise FileNotFoundError(f"model file not found: {p} (nor is it a test model's name: {', '.join(MODELS)})")
     return p
 
 
@@ -64,9 +69,7 @@ def _compare(args: argparse.Namespace) -> int:
     model = _resolve_model(args.model)
     text = Path(args.text) if args.text else text_path("pride-and-prejudice")
     types = [t.strip() for t in args.types.split(",") if t.strip()]
-    results = cmp.compare(model, text, types, ctx=args.ctx, chunks=args.chunks, threads=args.threads,
-                          progress=cmp.stderr_progress)
-    sys.stderr.write("\n")
+    results = cmp.compare(model, text, types, ctx=args.ctx, chunks=args.chunks, threads=args.threads, progress=True)
     title = f"{model.name}, {text.name}, ctx {args.ctx}, {args.chunks} chunks"
     how = (f"Measured {cmp.now_stamp()} with `tq-llama compare --types {args.types} --ctx {args.ctx} "
            f"--chunks {args.chunks}` (llama-perplexity --kl-divergence against an f16 cache, -fa on).")
@@ -137,7 +140,7 @@ def _needle(args: argparse.Namespace) -> int:
     model = _resolve_model(args.model)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     results = needle.run_needle(model, types, n_ctx=args.ctx, depths=depths, trials=args.trials, seed=args.seed,
-                                text=args.text, threads=args.threads, progress=needle.stderr_progress)
+                                text=args.text, threads=args.threads, progress=True)
     n_ctx = args.ctx or needle.context_limit(model)
     filler = Path(args.text).name if args.text else "repeated neutral sentences"
     title = f"{model.name}, passkey retrieval, ctx {n_ctx}, filler: {filler}, {args.trials} trial(s) per depth"
@@ -158,6 +161,18 @@ def _needle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from .server import add_arguments
+
+    add_arguments(p)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    return serve(args, str(_resolve_model(args.model)))
+
+
 # name -> (help, add_arguments, run)
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("version, CPU instruction sets and cache types", lambda p: None, _info),
@@ -166,6 +181,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     "chat": ("interactive chat with a compressed KV cache", _chat_args, _chat),
     "needle": ("passkey retrieval: a random pass key hidden at several depths of a full context, per cache type",
                _needle_args, _needle),
+    "serve": ("an OpenAI-compatible server (llama-cpp-python's) with a compressed KV cache", _serve_args, _serve),
 }
 
 
@@ -181,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .errors import TqError
+
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input and failed fetches or tools
+    except (TqError, ValueError, FileNotFoundError, RuntimeError) as e:  # bad input, failed fetches or tools
         print(f"tq-llama {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

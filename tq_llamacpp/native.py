@@ -6,8 +6,8 @@ Float input must already be float32, C-contiguous, aligned and finite: nothing i
 silently, since a hidden float64 -> float32 copy changes both cost and precision.
 
 Shapes: a 1-D array is one row; a 2-D array is a batch of rows. Codes are np.uint8 arrays of
-whole blocks (row_bytes(type, n) bytes for n values); bytes and bytearray are read as codes too.
-Types are named "tq2", "tq3", "tq4", "tq3j", "tq4j" (TYPE_NAMES).
+whole blocks (row_bytes(type, n) bytes for n values); bytes, bytearray and memoryview are read as codes
+too. Types are named "tq2", "tq3", "tq4", "tq3j", "tq4j" (TYPE_NAMES; case ignored, as everywhere).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ BLOCK: int = lib.TQ_BLOCK
 MIN_DIM, MAX_DIM = 64, 1024  # rotation sizes: powers of two in this range (TQ_ERR_DIM)
 _MAX_LENGTH = 1 << 48  # far past any real row, and row_bytes() of it still fits size_t
 
-Codes = Union[np.ndarray, bytes, bytearray]
+Codes = Union[np.ndarray, bytes, bytearray, memoryview]
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ def _typename(v) -> str:
 
 
 def _type(type: str) -> TypeInfo:
+    # names as everywhere in the package (cache_types.cache_type): case and surrounding spaces ignored
     if not isinstance(type, str):
         raise TqTypeError(f"type must be a str, one of {', '.join(TYPE_NAMES)}; got {_typename(type)}")
-    info = _TYPES.get(type)
+    info = _TYPES.get(type.strip().lower())
     if info is None:
         raise TqValueError(f"unknown TurboQuant type {type!r}; valid names: {', '.join(TYPE_NAMES)}")
     return info
@@ -141,7 +142,11 @@ def _floats(x, what: str, rotation: bool = False) -> np.ndarray:
 
 
 def _codes(codes: Codes, what: str = "codes") -> np.ndarray:
-    if isinstance(codes, (bytes, bytearray)):
+    if isinstance(codes, memoryview):
+        if not codes.c_contiguous:
+            raise TqValueError(f"{what}: the memoryview is not C-contiguous")
+        codes = codes.cast("B")
+    if isinstance(codes, (bytes, bytearray, memoryview)):
         codes = np.frombuffer(codes, dtype=np.uint8)
     return _array(codes, what, np.uint8)
 
@@ -216,7 +221,8 @@ def _quantize(fn, x: np.ndarray, type: str, name: str) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, type: str) -> np.ndarray:
-    """Code rows of float32 values (last dimension a multiple of BLOCK) with the least-squares scale."""
+    """Code rows of float32 values (last dimension a multiple of BLOCK) with the type's own scale: for
+    tq2/tq3/tq4 the unbiased one (<x, x_hat> = <x, x> per block), for tq3j/tq4j least squares."""
     return _quantize(lib.tq_quantize, x, type, "quantize")
 
 

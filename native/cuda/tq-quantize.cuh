@@ -10,23 +10,23 @@
 #include <type_traits>
 
 static __device__ void quantize_f32_tq2_block(const float * __restrict__ x, block_tq2 * __restrict__ y) {
-    tq_quantize_block_tq2(x, y, 1);
+    tq_quantize_block_tq2(x, y, 0);
 }
 
 static __device__ void quantize_f32_tq3_block(const float * __restrict__ x, block_tq3 * __restrict__ y) {
-    tq_quantize_block_tq3(x, y, 1);
+    tq_quantize_block_tq3(x, y, 0);
 }
 
 static __device__ void quantize_f32_tq4_block(const float * __restrict__ x, block_tq4 * __restrict__ y) {
-    tq_quantize_block_tq4(x, y, 1);
+    tq_quantize_block_tq4(x, y, 0);
 }
 
 static __device__ void quantize_f32_tq3j_block(const float * __restrict__ x, block_tq3j * __restrict__ y) {
-    tq_quantize_block_tq3j(x, y, 1);
+    tq_quantize_block_tq3j(x, y, 0);
 }
 
 static __device__ void quantize_f32_tq4j_block(const float * __restrict__ x, block_tq4j * __restrict__ y) {
-    tq_quantize_block_tq4j(x, y, 1);
+    tq_quantize_block_tq4j(x, y, 0);
 }
 
 // cpy.cu's cpy_kernel_t shape: void(const char * src_block, char * dst_block)

@@ -374,43 +374,45 @@ TQ_HOST_DEVICE void tq_qjl_encode(const float *x, const float *xm, tq_half *gamm
     tq_pack1(s, 0, qj);
 }
 
-/* ---- one block of each type ---- */
+/* ---- one block of each type ----
+ * rms_scale: store the block RMS (the paper's norm scaling, for comparison) instead of the type's
+ * own scale (unbiased for the MSE types, least squares for the QJL types). */
 
-TQ_HOST_DEVICE void tq_quantize_block_tq2(const float *x, block_tq2 *y, int refit) {
+TQ_HOST_DEVICE void tq_quantize_block_tq2(const float *x, block_tq2 *y, int rms_scale) {
     uint8_t c[TQ_BLOCK];
-    y->d = tq_quantize_codes(2, x, c, refit ? TQ_SCALE_UNBIASED : TQ_SCALE_RMS);
+    y->d = tq_quantize_codes(2, x, c, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_UNBIASED);
     tq_pack2(c, y->qs);
 }
 
-TQ_HOST_DEVICE void tq_quantize_block_tq3(const float *x, block_tq3 *y, int refit) {
+TQ_HOST_DEVICE void tq_quantize_block_tq3(const float *x, block_tq3 *y, int rms_scale) {
     uint8_t c[TQ_BLOCK];
-    y->d = tq_quantize_codes(3, x, c, refit ? TQ_SCALE_UNBIASED : TQ_SCALE_RMS);
+    y->d = tq_quantize_codes(3, x, c, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_UNBIASED);
     tq_pack2(c, y->qs);
     tq_pack1(c, 2, y->qh);
 }
 
-TQ_HOST_DEVICE void tq_quantize_block_tq4(const float *x, block_tq4 *y, int refit) {
+TQ_HOST_DEVICE void tq_quantize_block_tq4(const float *x, block_tq4 *y, int rms_scale) {
     uint8_t c[TQ_BLOCK];
-    y->d = tq_quantize_codes(4, x, c, refit ? TQ_SCALE_UNBIASED : TQ_SCALE_RMS);
+    y->d = tq_quantize_codes(4, x, c, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_UNBIASED);
     tq_pack4(c, y->qs);
 }
 
 /* The QJL types keep the least-squares scale for their MSE stage: the residual's signs carry
  * what that stage misses, and their inner product is unbiased as a whole. */
-TQ_HOST_DEVICE void tq_quantize_block_tq3j(const float *x, block_tq3j *y, int refit) {
+TQ_HOST_DEVICE void tq_quantize_block_tq3j(const float *x, block_tq3j *y, int rms_scale) {
     uint8_t c[TQ_BLOCK];
     float xm[TQ_BLOCK];
-    tq_half d = tq_quantize_codes(2, x, c, refit ? TQ_SCALE_LSQ : TQ_SCALE_RMS);
+    tq_half d = tq_quantize_codes(2, x, c, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_LSQ);
     y->d = d;
     tq_pack2(c, y->qs);
     tq_dequant_codes(2, c, d, xm);
     tq_qjl_encode(x, xm, &y->gamma, y->qj);
 }
 
-TQ_HOST_DEVICE void tq_quantize_block_tq4j(const float *x, block_tq4j *y, int refit) {
+TQ_HOST_DEVICE void tq_quantize_block_tq4j(const float *x, block_tq4j *y, int rms_scale) {
     uint8_t c[TQ_BLOCK];
     float xm[TQ_BLOCK];
-    tq_half d = tq_quantize_codes(3, x, c, refit ? TQ_SCALE_LSQ : TQ_SCALE_RMS);
+    tq_half d = tq_quantize_codes(3, x, c, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_LSQ);
     y->d = d;
     tq_pack2(c, y->qs);
     tq_pack1(c, 2, y->qh);

@@ -81,7 +81,8 @@ TQ_API tq_status tq_dequantize(tq_type type, const void *y, float *x, size_t n);
 TQ_API tq_status tq_dot(tq_type type, const float *q, const void *y, size_t n, float *out);
 
 /* Quantize with the scale set to the block RMS alone (the paper's norm scaling) instead of the
- * default least-squares refit: kept to measure what the refit buys. */
+ * type's own scale (tq2/tq3/tq4: the unbiased scale <x,x>/<x,c>, so that <x, x_hat> = <x, x>;
+ * tq3j/tq4j: the least-squares refit): kept to measure what the own scale buys. */
 TQ_API tq_status tq_quantize_rms_scale(tq_type type, const float *x, void *y, size_t n);
 
 /* Seeded randomized Hadamard rotation y = H * diag(signs(seed)) * x / sqrt(d), and its inverse. */

@@ -36,14 +36,14 @@ void tq_fwht_portable(float *x, size_t n) {
 /* ---- whole rows ---- */
 
 /* The per-block arithmetic lives in tq-math.h, shared with the CUDA kernels (native/cuda). */
-static void quantize_rows(tq_type type, const float *x, void *vy, size_t nb, int refit) {
+static void quantize_rows(tq_type type, const float *x, void *vy, size_t nb, int rms_scale) {
     for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {
         switch (type) {
-        case TQ_TYPE_TQ2: tq_quantize_block_tq2(x, (block_tq2 *)vy + i, refit); break;
-        case TQ_TYPE_TQ3: tq_quantize_block_tq3(x, (block_tq3 *)vy + i, refit); break;
-        case TQ_TYPE_TQ4: tq_quantize_block_tq4(x, (block_tq4 *)vy + i, refit); break;
-        case TQ_TYPE_TQ3J: tq_quantize_block_tq3j(x, (block_tq3j *)vy + i, refit); break;
-        case TQ_TYPE_TQ4J: tq_quantize_block_tq4j(x, (block_tq4j *)vy + i, refit); break;
+        case TQ_TYPE_TQ2: tq_quantize_block_tq2(x, (block_tq2 *)vy + i, rms_scale); break;
+        case TQ_TYPE_TQ3: tq_quantize_block_tq3(x, (block_tq3 *)vy + i, rms_scale); break;
+        case TQ_TYPE_TQ4: tq_quantize_block_tq4(x, (block_tq4 *)vy + i, rms_scale); break;
+        case TQ_TYPE_TQ3J: tq_quantize_block_tq3j(x, (block_tq3j *)vy + i, rms_scale); break;
+        case TQ_TYPE_TQ4J: tq_quantize_block_tq4j(x, (block_tq4j *)vy + i, rms_scale); break;
         default: break;
         }
     }
@@ -63,11 +63,11 @@ static void dequantize_rows(tq_type type, const void *vy, float *x, size_t nb) {
 }
 
 void tq_quantize_blocks_rms(tq_type type, const float *x, void *y, size_t nb) {
-    quantize_rows(type, x, y, nb, 0);
+    quantize_rows(type, x, y, nb, 1);
 }
 
 #define TQ_PORTABLE_QUANTIZE(t, T) \
-    static void quantize_##t(const float *x, void *y, size_t nb) { quantize_rows(T, x, y, nb, 1); }
+    static void quantize_##t(const float *x, void *y, size_t nb) { quantize_rows(T, x, y, nb, 0); }
 #define TQ_PORTABLE_DEQUANTIZE(t, T) \
     static void dequantize_##t(const void *y, float *x, size_t nb) { dequantize_rows(T, y, x, nb); }
 

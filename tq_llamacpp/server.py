@@ -1,0 +1,97 @@
+"""`tq-llama serve`: llama-cpp-python's OpenAI-compatible server (llama_cpp.server) on the patched
+llama.cpp, with KV-cache types by name.
+
+Every setting of `python -m llama_cpp.server` is accepted in its own spelling (`--n_ctx`) and with
+dashes (`--n-ctx`); what differs: `--type-k/--type-v` take names ("tq4") as well as ggml ids, flash
+attention is switched on when the cache needs it (as `Llama` does), `--model` also takes a test
+model's name, and bad settings are refused with a message before any model is loaded.
+
+llama_cpp.server builds its model with `llama_cpp.Llama`; `create_app` points that name at
+`tq_llamacpp.Llama` (a subclass) in this process, so the server's model, its prompt reuse and its
+state cache (`--cache`) run with the tq cache and its checks.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from .llama import Llama, check_cache_types, llama_cpp
+
+_OURS = {"type_k", "type_v", "flash_attn", "model"}
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "on", "true", "yes", "y", "t"):
+        return True
+    if value in ("0", "off", "false", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from llama_cpp.server.cli import _contains_dict_type, _contains_list_type, _get_base_type  # noqa: PLC0415
+    from llama_cpp.server.settings import Settings  # noqa: PLC0415
+
+    p.add_argument("--model", metavar="GGUF", help="model file, or a test model's name (smollm2, qwen2.5-coder-0.5b, "
+                   "gemma3-270m; fetched and cached); default: smollm2")
+    p.add_argument("--type-k", "--type_k", dest="type_k", default="tq4",
+                   help="K cache type: a name (tq4, tq3, q8_0, f16, ...) or a ggml id (default: tq4)")
+    p.add_argument("--type-v", "--type_v", dest="type_v", default="tq3",
+                   help="V cache type, as --type-k (default: tq3)")
+    p.add_argument("--flash-attn", "--flash_attn", dest="flash_attn", type=_bool, default=None,
+                   help="flash attention (default: on when the cache needs it, i.e. a tq K or a quantized V)")
+    group = p.add_argument_group("llama_cpp.server settings (python -m llama_cpp.server --help)")
+    for name, field in Settings.model_fields.items():
+        if name in _OURS:
+            continue
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        help_text = field.description or ""
+        if not field.is_required() and field.default is not None:
+            help_text += f" (default: {field.default})"
+        base = _get_base_type(field.annotation) if field.annotation is not None else str
+        if _contains_dict_type(field.annotation):
+            import json  # noqa: PLC0415
+
+            kind: Any = json.loads
+        elif base is bool:
+            kind = _bool
+        else:
+            kind = base
+        group.add_argument(*flags, dest=name, type=kind, nargs="*" if _contains_list_type(field.annotation) else None,
+                           help=help_text.replace("%", "%%"))
+
+
+def settings_from_args(args: argparse.Namespace, model_path: str):
+    """(ServerSettings, ModelSettings) for llama_cpp.server, with the cache types resolved and
+    checked against the model before anything is loaded."""
+    from llama_cpp.server.settings import ModelSettings, ServerSettings  # noqa: PLC0415
+
+    k, v = check_cache_types(model_path, args.type_k, args.type_v)
+    needs_fa = v.quantized or k.turboquant
+    flash_attn = needs_fa if args.flash_attn is None else args.flash_attn
+    if needs_fa and not flash_attn:
+        raise ValueError(f"the {k.name}/{v.name} cache needs flash attention: drop --flash-attn false")
+    values = {n: x for n, x in vars(args).items() if x is not None and n not in _OURS}
+    values.update(model=str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn)
+    server = ServerSettings(**{n: x for n, x in values.items() if n in ServerSettings.model_fields})
+    model = ModelSettings(**{n: x for n, x in values.items() if n in ModelSettings.model_fields})
+    return server, model
+
+
+def create_app(server_settings, model_settings: Optional[list] = None):
+    """llama_cpp.server's FastAPI app, its models built as tq_llamacpp.Llama (see the module doc)."""
+    from llama_cpp.server.app import create_app as _create_app  # noqa: PLC0415
+
+    llama_cpp.Llama = Llama
+    return _create_app(server_settings=server_settings, model_settings=model_settings)
+
+
+def serve(args: argparse.Namespace, model_path: str) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    server, model = settings_from_args(args, model_path)
+    app = create_app(server, [model])
+    uvicorn.run(app, host=server.host, port=server.port, ssl_keyfile=server.ssl_keyfile,
+                ssl_certfile=server.ssl_certfile)
+    return 0
