@@ -114,3 +114,20 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_tq4(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     tq_cuda_dequantize_V<block_tq4, T, ne>(vx, dst, i0);
 }
+
+// The vector kernel's dispatch cases for every K-V pair with a tq2/tq3/tq4 side, for fattn.cu's
+// ggml_cuda_get_fattn_vec_case (FATTN_VEC_CASES_ALL_D is fattn.cu's; a pair whose instance was not
+// compiled, GGML_CUDA_FA_QUANTS, compiles to nothing). The instance files are written at configure
+// time (cmake/llamacpp.cmake).
+#define TQ_FATTN_VEC_CASES_V(V)                                                             \
+    FATTN_VEC_CASES_ALL_D(F16, V) FATTN_VEC_CASES_ALL_D(Q4_0, V) FATTN_VEC_CASES_ALL_D(Q4_1, V) \
+    FATTN_VEC_CASES_ALL_D(Q5_0, V) FATTN_VEC_CASES_ALL_D(Q5_1, V) FATTN_VEC_CASES_ALL_D(Q8_0, V) \
+    FATTN_VEC_CASES_ALL_D(BF16, V) FATTN_VEC_CASES_ALL_D(TQ2, V) FATTN_VEC_CASES_ALL_D(TQ3, V)   \
+    FATTN_VEC_CASES_ALL_D(TQ4, V)
+#define TQ_FATTN_VEC_CASES_K(K)                                                             \
+    FATTN_VEC_CASES_ALL_D(K, F16) FATTN_VEC_CASES_ALL_D(K, Q4_0) FATTN_VEC_CASES_ALL_D(K, Q4_1) \
+    FATTN_VEC_CASES_ALL_D(K, Q5_0) FATTN_VEC_CASES_ALL_D(K, Q5_1) FATTN_VEC_CASES_ALL_D(K, Q8_0) \
+    FATTN_VEC_CASES_ALL_D(K, BF16)
+#define TQ_FATTN_VEC_CASES_ALL_D                                                            \
+    TQ_FATTN_VEC_CASES_V(TQ2) TQ_FATTN_VEC_CASES_V(TQ3) TQ_FATTN_VEC_CASES_V(TQ4)           \
+    TQ_FATTN_VEC_CASES_K(TQ2) TQ_FATTN_VEC_CASES_K(TQ3) TQ_FATTN_VEC_CASES_K(TQ4)

@@ -74,6 +74,8 @@ TQ_API size_t tq_row_bytes(tq_type type, size_t n);           /* bytes for n val
 
 /* Lloyd-Max centroids for `bits` (1..4) at unit variance, ascending: 2^bits floats into out. */
 TQ_API tq_status tq_codebook(int bits, float *out, size_t cap);
+/* Its expected squared error per value at unit variance (RMS scale), 0 if bits is not 1..4. */
+TQ_API double tq_code_mse(int bits);
 
 /* Rows of already-rotated values; n is a positive multiple of TQ_BLOCK. */
 TQ_API tq_status tq_quantize(tq_type type, const float *x, void *y, size_t n);

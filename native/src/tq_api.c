@@ -59,6 +59,11 @@ tq_status tq_codebook(int bits, float *out, size_t cap) {
     return TQ_OK;
 }
 
+double tq_code_mse(int bits) {
+    static const double mse[] = { 0.0, TQ_MSE_1, TQ_MSE_2, TQ_MSE_3, TQ_MSE_4 };
+    return bits >= 1 && bits <= 4 ? mse[bits] : 0.0;
+}
+
 static tq_status check_row(tq_type t, const void *a, const void *b, size_t n) {
     if (!VALID(t)) return TQ_ERR_TYPE;
     if (!a || !b) return TQ_ERR_NULL;

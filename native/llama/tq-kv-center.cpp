@@ -1,0 +1,781 @@
+// tq-llamacpp: mean-centred, channel-equalized KV caches (tq-kv-center.h).
+#include "tq-kv-center.h"
+#include "tq-llama.h"
+
+#include "llama-hparams.h"
+#include "llama-impl.h"
+#include "llama-io.h"
+#include "llama-model.h"
+
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+
+// ---------------------------------------------------------------------------------------------
+// settings
+
+static std::string tq_parse_bool(const std::string & key, const std::string & value, bool & out) {
+    if (value == "1" || value == "on" || value == "true")  { out = true;  return ""; }
+    if (value == "0" || value == "off" || value == "false") { out = false; return ""; }
+    return key + " must be 1 or 0, not '" + value + "'";
+}
+
+// one key: the same words whether they come from the option string or the environment
+static std::string tq_parse_option(const std::string & key, const std::string & value, tq_kv_options & o) {
+    if (key == "center") {
+        if (value == "auto")                                    { o.center = tq_center_mode::automatic; return ""; }
+        if (value == "k" || value == "1" || value == "true")     { o.center = tq_center_mode::k;         return ""; }
+        if (value == "kv")                                      { o.center = tq_center_mode::kv;        return ""; }
+        if (value == "off" || value == "0" || value == "false")  { o.center = tq_center_mode::off;       return ""; }
+        return "center must be auto, k, kv or off, not '" + value + "'";
+    }
+    if (key == "equalize") {
+        return tq_parse_bool(key, value, o.equalize);
+    }
+    if (key == "sink") {
+        return tq_parse_bool(key, value, o.sink);
+    }
+    if (key == "stats") {
+        if (value == "calib") { o.stats = tq_stats_source::calibration;  return ""; }
+        if (value == "first") { o.stats = tq_stats_source::first_ubatch; return ""; }
+        return "stats must be calib or first, not '" + value + "'";
+    }
+    if (key == "calib_dir") {
+        if (value.empty()) {
+            return "calib_dir needs a folder (or off)";
+        }
+        o.calib_dir = value;
+        return "";
+    }
+    if (key == "calib_text") {
+        o.calib_text = value;
+        return "";
+    }
+    if (key == "calib_tokens") {
+        char * end = nullptr;
+        const long n = strtol(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0' || n < 64 || n > 65536) {
+            return "calib_tokens must be a whole number from 64 to 65536, not '" + value + "'";
+        }
+        o.calib_tokens = (int32_t) n;
+        return "";
+    }
+    return "unknown KV-cache option '" + key + "' (center, equalize, sink, stats, calib_dir, calib_text, calib_tokens)";
+}
+
+std::string tq_kv_options_parse(const char * text, tq_kv_options & opts) {
+    tq_kv_options o = opts;
+    std::string s = text ? text : "";
+    size_t pos = 0;
+    while (pos <= s.size()) {
+        size_t end = s.find(',', pos);
+        if (end == std::string::npos) {
+            end = s.size();
+        }
+        const std::string item = s.substr(pos, end - pos);
+        pos = end + 1;
+        if (item.find_first_not_of(" \t") == std::string::npos) {
+            continue;
+        }
+        const size_t eq = item.find('=');
+        if (eq == std::string::npos) {
+            return "KV-cache option '" + item + "' is not key=value";
+        }
+        auto trim = [](std::string x) {
+            x.erase(0, x.find_first_not_of(" \t"));
+            x.erase(x.find_last_not_of(" \t") + 1);
+            return x;
+        };
+        const std::string err = tq_parse_option(trim(item.substr(0, eq)), trim(item.substr(eq + 1)), o);
+        if (!err.empty()) {
+            return err;
+        }
+    }
+    opts = o;
+    return "";
+}
+
+static tq_kv_options tq_kv_options_from_env() {
+    static const struct { const char * env; const char * key; } vars[] = {
+        { "LLAMA_KV_CENTER",    "center"    },
+        { "LLAMA_KV_EQUALIZE",  "equalize"  },
+        { "LLAMA_KV_SINK",      "sink"      },
+        { "LLAMA_KV_STATS",     "stats"     },
+        { "LLAMA_KV_CALIB_DIR", "calib_dir" },
+        { "LLAMA_KV_CALIB_TEXT", "calib_text" },
+        { "LLAMA_KV_CALIB_TOKENS", "calib_tokens" },
+    };
+    tq_kv_options o;
+    for (const auto & v : vars) {
+        const char * value = getenv(v.env);
+        if (value && *value) {
+            const std::string err = tq_parse_option(v.key, value, o);
+            if (!err.empty()) {
+                throw std::runtime_error(std::string(v.env) + ": " + err);
+            }
+        }
+    }
+    return o;
+}
+
+// per thread, so that two threads making contexts with different options cannot cross; they apply
+// on top of the environment's
+static thread_local std::unique_ptr<std::string> tq_thread_options;
+
+tq_kv_options tq_kv_options_current() {
+    tq_kv_options o = tq_kv_options_from_env();
+    if (tq_thread_options) {
+        const std::string err = tq_kv_options_parse(tq_thread_options->c_str(), o);
+        GGML_ASSERT(err.empty()); // checked when set
+    }
+    return o;
+}
+
+tq_kv_calibration_target & tq_kv_calibration_target_current() {
+    static thread_local tq_kv_calibration_target target;
+    return target;
+}
+
+static thread_local std::string tq_options_error;
+
+const char * llama_tq_kv_options_check(const char * options) {
+    tq_kv_options o;
+    tq_options_error = tq_kv_options_parse(options, o);
+    return tq_options_error.empty() ? nullptr : tq_options_error.c_str();
+}
+
+const char * llama_tq_kv_options(const char * options) {
+    if (options == nullptr) {
+        tq_thread_options.reset();
+        return nullptr;
+    }
+    tq_kv_options o;
+    tq_options_error = tq_kv_options_parse(options, o);
+    if (!tq_options_error.empty()) {
+        return tq_options_error.c_str();
+    }
+    tq_thread_options = std::make_unique<std::string>(options);
+    return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the statistics of one layer
+
+// K is post-RoPE: the pair (x_j, y_j) of frequency theta_j is a pre-RoPE pair turned by
+// theta_j * pos, so a constant pre-RoPE offset c shows as c e^{i theta pos}. The ubatch's mean
+// (positions 1 .. n-1) is m_u = c A_u, A_u = e^{i theta n/2} D(n-1); over the positions the cache
+// will hold (0 .. H-1) the offset averages c A_H, A_H = e^{i theta (H-1)/2} D(H), with
+// D(m) = sin(m theta / 2) / (m sin(theta / 2)). The constant that leaves the least offset over
+// those positions is c A_H = m_u (A_H / A_u): the ubatch mean turned by theta (H - 1 - n) / 2 and
+// scaled by r = D(H) / D(n-1) (|r| clamped to 1; near a zero of D(n-1) the ubatch saw no offset
+// and r goes to 0). It is the ubatch mean itself where the ubatch covers the cache or the pair
+// barely turns, and ~0 where the offset turns many times.
+//
+// The factors s_i = (E[q_i^2] / E[(k_i - mu_i)^2])^(1/4) minimize the logit error once the
+// rotation spreads the quantization error evenly (Cauchy-Schwarz); they need each value's second
+// moments over the positions the cache will hold. RoPE turns a pair's second moments at twice its
+// frequency: with Z = E[(x + i y)^2] = E[x^2 - y^2] + 2i E[x y], the ubatch measures Z0 A_u(2 theta)
+// and the cache averages Z0 A_H(2 theta), so E_H[x^2] = (pair sum)/2 + Re(Z_u r2 e^{i psi2})/2 and
+// E_H[y^2] = (pair sum)/2 - ..., with r2 = D2(H) / D2(n-1) (D at 2 theta, clamped to [-1, 1]) and
+// psi2 = theta (H - 1 - n): per value where the pair barely turns, the pair's average where it turns
+// many times. K adds the offset mu leaves over those positions, per pair (the ubatch's variance
+// already holds |c|^2 (1 - D(n-1)^2)): |m_u|^2 (1 - rho (2 r - rho)), rho = r clamped to [-1, 1].
+
+namespace {
+
+struct stats_graph {
+    ggml_context * ctx;
+    int64_t n_embd_head, n_head_kv, n_embd, half;
+    bool    neox;
+
+    // theta per index (a tensor of pair indices j): freq_scale * base^(-2j/n_embd_head)
+    ggml_tensor * theta(ggml_tensor * j, const tq_center_rope & r) const {
+        return ggml_scale(ctx, ggml_exp(ctx, ggml_scale(ctx, j, -2.0f*logf(r.freq_base)/n_embd_head)), r.freq_scale);
+    }
+    ggml_tensor * dirichlet(ggml_tensor * th, float len) const {
+        return ggml_div(ctx, ggml_sin(ctx, ggml_scale(ctx, th, 0.5f*len)), ggml_scale(ctx, ggml_sin(ctx, ggml_scale(ctx, th, 0.5f)), len));
+    }
+    // D(H) / D(n-1) as D(H) D(n-1) / (D(n-1)^2 + 1e-6): finite at the zeros of D(n-1)
+    ggml_tensor * ratio(ggml_tensor * th, float H, float n) const {
+        ggml_tensor * du = dirichlet(th, std::max(1.0f, n - 1.0f));
+        return ggml_div(ctx, ggml_mul(ctx, dirichlet(th, H), du), ggml_scale_bias(ctx, ggml_sqr(ctx, du), 1.0f, 1e-6f));
+    }
+    // the pair index of every value of a head: j = i mod half (NeoX) or i / 2 (plain pairing)
+    ggml_tensor * pair_of_value() const {
+        ggml_tensor * jp = ggml_arange(ctx, 0.0f, (float) half, 1.0f);
+        if (neox) {
+            return ggml_concat(ctx, jp, jp, 0);
+        }
+        ggml_tensor * jv = ggml_repeat(ctx, ggml_reshape_2d(ctx, jp, 1, half), ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 2, half));
+        return ggml_reshape_1d(ctx, jv, n_embd_head);
+    }
+    // +1 for the x of a pair, -1 for its y, per value of a head
+    ggml_tensor * pair_sign() const {
+        ggml_tensor * iv = ggml_arange(ctx, 0.0f, (float) n_embd_head, 1.0f);
+        return neox ? ggml_sgn(ctx, ggml_scale_bias(ctx, iv, -1.0f, (float) half - 0.5f))
+                    : ggml_sgn(ctx, ggml_cos(ctx, ggml_scale(ctx, iv, (float) M_PI)));
+    }
+    // [1, n_embd]: every value replaced by its pair's average
+    ggml_tensor * pair_avg(ggml_tensor * t) const {
+        if (neox) {
+            ggml_tensor * t2 = ggml_reshape_2d(ctx, t, n_embd_head, n_head_kv);
+            ggml_tensor * a  = ggml_view_2d(ctx, t2, half, n_head_kv, t2->nb[1], 0);
+            ggml_tensor * b  = ggml_view_2d(ctx, t2, half, n_head_kv, t2->nb[1], half*ggml_element_size(t2));
+            ggml_tensor * h  = ggml_scale(ctx, ggml_add(ctx, a, b), 0.5f);
+            return ggml_reshape_2d(ctx, ggml_concat(ctx, h, h, 0), 1, n_embd);
+        }
+        ggml_tensor * p = ggml_scale(ctx, ggml_sum_rows(ctx, ggml_reshape_2d(ctx, t, 2, n_embd/2)), 0.5f); // [1, n_embd/2]
+        p = ggml_repeat(ctx, p, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 2, n_embd/2));
+        return ggml_reshape_2d(ctx, p, 1, n_embd);
+    }
+    // [n_embd_head] -> [1, n_embd], the same for every head
+    ggml_tensor * per_head(ggml_tensor * t) const {
+        return ggml_reshape_2d(ctx, ggml_repeat(ctx, ggml_reshape_2d(ctx, t, n_embd_head, 1),
+                                                ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_embd_head, n_head_kv)), 1, n_embd);
+    }
+    // [1, half * n_head_kv] in pair order -> [1, n_embd], both values of a pair holding it
+    ggml_tensor * spread(ggml_tensor * p) const {
+        p = neox ? ggml_reshape_4d(ctx, p, 1, half, 1, n_head_kv) : ggml_reshape_4d(ctx, p, 1, 1, half, n_head_kv);
+        return ggml_reshape_2d(ctx, ggml_concat(ctx, p, p, neox ? 2 : 1), 1, n_embd);
+    }
+    // E[x y] of every pair of xc [n_tokens, n_embd]
+    ggml_tensor * pair_products(ggml_tensor * xc) const {
+        const int64_t nt = xc->ne[0];
+        ggml_tensor * x4 = neox ? ggml_reshape_4d(ctx, xc, nt, half, 2, n_head_kv) : ggml_reshape_4d(ctx, xc, nt, 2, half, n_head_kv);
+        const size_t dy = neox ? x4->nb[2] : x4->nb[1];
+        ggml_tensor * a = ggml_view_4d(ctx, x4, nt, neox ? half : 1, neox ? 1 : half, n_head_kv, x4->nb[1], x4->nb[2], x4->nb[3], 0);
+        ggml_tensor * b = ggml_view_4d(ctx, x4, nt, neox ? half : 1, neox ? 1 : half, n_head_kv, x4->nb[1], x4->nb[2], x4->nb[3], dy);
+        return spread(ggml_reshape_2d(ctx, ggml_mean(ctx, ggml_mul(ctx, a, b)), 1, half*n_head_kv));
+    }
+    // E[q_x q_y] of every pair, over the tokens and the query heads of each KV head
+    ggml_tensor * query_pair_products(ggml_tensor * q4) const {
+        const int64_t n_gqa = q4->ne[1], nq = q4->ne[3];
+        ggml_tensor * p;
+        if (neox) {
+            ggml_tensor * a = ggml_view_4d(ctx, q4, half, n_gqa, n_head_kv, nq, q4->nb[1], q4->nb[2], q4->nb[3], 0);
+            ggml_tensor * b = ggml_view_4d(ctx, q4, half, n_gqa, n_head_kv, nq, q4->nb[1], q4->nb[2], q4->nb[3], half*ggml_element_size(q4));
+            p = ggml_mul(ctx, a, b);
+        } else {
+            ggml_tensor * q5 = ggml_reshape_4d(ctx, q4, 2, half, n_gqa, n_head_kv*nq);
+            ggml_tensor * a = ggml_view_4d(ctx, q5, 1, half, n_gqa, n_head_kv*nq, q5->nb[1], q5->nb[2], q5->nb[3], 0);
+            ggml_tensor * b = ggml_view_4d(ctx, q5, 1, half, n_gqa, n_head_kv*nq, q5->nb[1], q5->nb[2], q5->nb[3], q5->nb[0]);
+            p = ggml_reshape_4d(ctx, ggml_mul(ctx, a, b), half, n_gqa, n_head_kv, nq);
+        }
+        p = ggml_cont(ctx, ggml_permute(ctx, p, 2, 0, 3, 1)); // [n_gqa, n_tokens, half, n_head_kv]
+        return spread(ggml_mean(ctx, ggml_reshape_2d(ctx, p, p->ne[0]*p->ne[1], half*n_head_kv)));
+    }
+    // the ubatch mean m [1, n_embd] turned and scaled per pair to the cache's positions
+    ggml_tensor * carried_mean(ggml_tensor * m, ggml_tensor * thp, float H, float n) const {
+        ggml_tensor * rp  = ggml_clamp(ctx, ratio(thp, H, n), -1.0f, 1.0f);
+        ggml_tensor * psi = ggml_scale(ctx, thp, 0.5f*(H - 1.0f - n));
+        // the pairs of every head as x and y: [half, 1, n_head_kv] (NeoX) or [1, half, n_head_kv]
+        const int64_t ne0 = neox ? half : 1, ne1 = neox ? 1 : half;
+        ggml_tensor * m3 = neox ? ggml_reshape_3d(ctx, m, half, 2, n_head_kv) : ggml_reshape_3d(ctx, m, 2, half, n_head_kv);
+        const size_t  dy = neox ? m3->nb[1] : m3->nb[0];
+        ggml_tensor * x  = ggml_cont(ctx, ggml_view_3d(ctx, m3, ne0, ne1, n_head_kv, m3->nb[1], m3->nb[2], 0));
+        ggml_tensor * y  = ggml_cont(ctx, ggml_view_3d(ctx, m3, ne0, ne1, n_head_kv, m3->nb[1], m3->nb[2], dy));
+        ggml_tensor * cs = ggml_reshape_3d(ctx, ggml_mul(ctx, rp, ggml_cos(ctx, psi)), ne0, ne1, 1);
+        ggml_tensor * sn = ggml_reshape_3d(ctx, ggml_mul(ctx, rp, ggml_sin(ctx, psi)), ne0, ne1, 1);
+        ggml_tensor * mx = ggml_sub(ctx, ggml_mul(ctx, x, cs), ggml_mul(ctx, y, sn));
+        ggml_tensor * my = ggml_add(ctx, ggml_mul(ctx, x, sn), ggml_mul(ctx, y, cs));
+        return ggml_reshape_2d(ctx, ggml_concat(ctx, mx, my, neox ? 1 : 0), n_embd_head, n_head_kv);
+    }
+};
+
+} // namespace
+
+tq_center_stats tq_center_build_stats(ggml_context * ctx, ggml_tensor * cur, ggml_tensor * q4, const tq_center_stats_params & p) {
+    const int64_t n_embd_head = cur->ne[0];
+    const int64_t n_head_kv   = cur->ne[1];
+    const int64_t n_embd      = n_embd_head*n_head_kv;
+    GGML_ASSERT(cur->type == GGML_TYPE_F32 && ggml_row_size(cur->type, n_embd_head) == cur->nb[1]);
+    GGML_ASSERT(!p.equalize || (q4 && q4->ne[0] == n_embd_head && q4->ne[2] == n_head_kv));
+
+    // a ubatch of several sequences (parallel sequences in their own streams, split_equal:
+    // llama-perplexity scores 4 chunks at once) holds ns tokens of each, one sequence after the
+    // other: they span positions 0 .. ns-1 only, not 0 .. n_tokens-1
+    const int64_t ns = p.n_seq_tokens > 0 && cur->ne[2] % p.n_seq_tokens == 0 ? p.n_seq_tokens : cur->ne[2];
+    const int64_t nq = cur->ne[2] / ns;
+    // the first token of a sequence (BOS, an attention sink) has keys and values far from all
+    // others: it would pull the mean away from every other token, so each sequence's is left out
+    const int64_t t0 = ns > 1 ? 1 : 0;
+    ggml_tensor * xs = ggml_view_3d(ctx, cur, n_embd, ns - t0, nq, cur->nb[2], ns*cur->nb[2], t0*cur->nb[2]);
+    ggml_tensor * xt = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, ggml_cont(ctx, xs), n_embd, (ns - t0)*nq))); // [n_tokens, n_embd]
+    ggml_tensor * m  = ggml_mean(ctx, xt); // [1, n_embd]
+
+    const float H = p.positions;
+    const float n = (float) ns; // the positions the statistics span
+    const bool rope = p.rope.type != LLAMA_ROPE_TYPE_NONE && H > n;
+    const stats_graph g = { ctx, n_embd_head, n_head_kv, n_embd, n_embd_head/2, p.rope.type == LLAMA_ROPE_TYPE_NEOX };
+
+    tq_center_stats out;
+    out.mean = rope ? g.carried_mean(m, g.theta(ggml_arange(ctx, 0.0f, (float) g.half, 1.0f), p.rope), H, n)
+                    : ggml_reshape_2d(ctx, m, n_embd_head, n_head_kv);
+    if (!p.equalize) {
+        return out;
+    }
+    // E[q_i^2] over the tokens and the query heads of each KV head
+    ggml_tensor * q2 = ggml_cont(ctx, ggml_permute(ctx, ggml_sqr(ctx, q4), 2, 0, 3, 1)); // [n_gqa, n_tokens, n_embd_head, n_head_kv]
+    q2 = ggml_mean(ctx, ggml_reshape_2d(ctx, q2, q2->ne[0]*q2->ne[1], n_embd)); // [1, n_embd]
+    ggml_tensor * xc = ggml_sub(ctx, xt, m);
+    ggml_tensor * vk = ggml_mean(ctx, ggml_sqr(ctx, xc)); // [1, n_embd] about the ubatch mean
+    if (rope) {
+        ggml_tensor * thv  = g.theta(g.pair_of_value(), p.rope);
+        ggml_tensor * th2  = ggml_scale(ctx, thv, 2.0f);
+        ggml_tensor * rho2 = ggml_clamp(ctx, g.ratio(th2, H, n), -1.0f, 1.0f);
+        ggml_tensor * psi2 = ggml_scale(ctx, th2, 0.5f*(H - 1.0f - n));
+        ggml_tensor * C2   = g.per_head(ggml_mul(ctx, rho2, ggml_cos(ctx, psi2)));
+        ggml_tensor * S2   = g.per_head(ggml_mul(ctx, ggml_mul(ctx, rho2, ggml_sin(ctx, psi2)), g.pair_sign()));
+        auto turn = [&](ggml_tensor * t, ggml_tensor * cxy) {
+            ggml_tensor * pa = g.pair_avg(t);
+            return ggml_add(ctx, pa, ggml_sub(ctx, ggml_mul(ctx, ggml_sub(ctx, t, pa), C2), ggml_mul(ctx, cxy, S2)));
+        };
+        ggml_tensor * r   = g.per_head(g.ratio(thv, H, n));
+        ggml_tensor * rho = ggml_clamp(ctx, r, -1.0f, 1.0f);
+        // 1 - rho (2 r - rho), floored at 0 (|r| > 1: only near a zero of D(n-1))
+        ggml_tensor * left = ggml_relu(ctx, ggml_scale_bias(ctx, ggml_mul(ctx, rho, ggml_sub(ctx, ggml_scale(ctx, r, 2.0f), rho)), -1.0f, 1.0f));
+        q2 = turn(q2, g.query_pair_products(q4));
+        vk = ggml_add(ctx, turn(vk, g.pair_products(xc)), ggml_mul(ctx, left, g.pair_avg(ggml_sqr(ctx, m))));
+    }
+    // a floor of 1% of the average keeps a value that happened not to vary in this ubatch (or that
+    // queries ignore) from getting an extreme factor
+    auto floored = [&](ggml_tensor * t) {
+        ggml_tensor * avg = ggml_mean(ctx, ggml_reshape_2d(ctx, t, n_embd, 1)); // [1, 1]
+        return ggml_add(ctx, t, ggml_scale(ctx, avg, 0.01f));
+    };
+    out.scale = ggml_reshape_2d(ctx, ggml_sqrt(ctx, ggml_sqrt(ctx, ggml_div(ctx, floored(q2), floored(vk)))), n_embd_head, n_head_kv);
+    return out;
+}
+
+ggml_tensor * tq_center_sink_mean(ggml_context * ctx, ggml_tensor * x, ggml_tensor * mean, ggml_tensor * scale,
+                                  ggml_tensor * rot, ggml_type type) {
+    // The first token (an attention sink: most queries put much of their weight on it) is coded
+    // exactly: its centred, scaled and rotated vector goes through the cache's own quantizer and
+    // back, and mu moves by the difference, so that the token's stored vector is a code word,
+    // which the quantizer reproduces. Every other vector moves by that same small vector (the
+    // sink's quantization error) and attention stays exact.
+    const int64_t n_embd_head = x->ne[0], n_head_kv = x->ne[1];
+    ggml_tensor * x0 = ggml_view_3d(ctx, x, n_embd_head, n_head_kv, 1, x->nb[1], x->nb[2], 0);
+    ggml_tensor * c  = ggml_sub(ctx, x0, ggml_reshape_3d(ctx, mean, n_embd_head, n_head_kv, 1));
+    if (scale) {
+        c = ggml_mul(ctx, c, ggml_reshape_3d(ctx, scale, n_embd_head, n_head_kv, 1));
+    }
+    if (rot) {
+        c = llama_mul_mat_hadamard(ctx, c, rot);
+    }
+    c = ggml_cast(ctx, ggml_cast(ctx, c, type), GGML_TYPE_F32);
+    if (rot) {
+        c = llama_mul_mat_hadamard(ctx, c, rot);
+    }
+    if (scale) {
+        c = ggml_div(ctx, c, ggml_reshape_3d(ctx, scale, n_embd_head, n_head_kv, 1));
+    }
+    return ggml_reshape_2d(ctx, ggml_sub(ctx, x0, c), n_embd_head, n_head_kv);
+}
+
+ggml_tensor * tq_center_uncenter_v(ggml_context * ctx, ggml_tensor * cur, ggml_tensor * mean_v) {
+    if (!mean_v) {
+        return cur;
+    }
+    const int64_t n_embd_head = mean_v->ne[0];
+    const int64_t n_head_kv   = mean_v->ne[1];
+    const int64_t n_head      = cur->ne[0]/n_embd_head;
+    GGML_ASSERT(cur->ne[0] == n_embd_head*n_head && n_head % n_head_kv == 0 && ggml_is_contiguous(cur));
+    const int64_t n_tokens = ggml_nelements(cur)/(n_embd_head*n_head);
+    ggml_tensor * x = ggml_reshape_4d(ctx, cur, n_embd_head, n_head/n_head_kv, n_head_kv, n_tokens);
+    x = ggml_add(ctx, x, ggml_reshape_4d(ctx, mean_v, n_embd_head, 1, n_head_kv, 1));
+    return ggml_reshape_2d(ctx, x, cur->ne[0], n_tokens);
+}
+
+// ---------------------------------------------------------------------------------------------
+// one cache
+
+bool tq_kv_check_params(const llama_model & model, llama_context_params & params) {
+    // K*Q of a tq K cache exists only inside flash attention (there is no mul_mat for it on GPUs)
+    if (ggml_type_is_tq(params.type_k) && params.flash_attn_type != LLAMA_FLASH_ATTN_TYPE_ENABLED) {
+        if (params.flash_attn_type == LLAMA_FLASH_ATTN_TYPE_AUTO) {
+            LLAMA_LOG_INFO("%s: enabling flash_attn since it is required for the %s K cache\n", __func__, ggml_type_name(params.type_k));
+            params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        } else {
+            LLAMA_LOG_ERROR("%s: K cache type %s requires flash_attn to be enabled (-fa on, or flash_attn=True in Python)\n",
+                __func__, ggml_type_name(params.type_k));
+            return false;
+        }
+    }
+    // the codec codes blocks of 64 values, which is also what the cache's Hadamard rotation needs
+    for (const bool is_k : { true, false }) {
+        const ggml_type t = is_k ? params.type_k : params.type_v;
+        if (!ggml_type_is_tq(t)) {
+            continue;
+        }
+        for (uint32_t il = 0; il < model.hparams.n_layer(); ++il) {
+            const uint32_t n = is_k ? model.hparams.n_embd_head_k(il) : model.hparams.n_embd_head_v(il);
+            if (n % 64 != 0) {
+                LLAMA_LOG_ERROR("%s: %s cache type %s does not support head size %u (layer %u): head sizes must be multiples of 64\n",
+                    __func__, is_k ? "K" : "V", ggml_type_name(t), n, il);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+void tq_kv_center::warn_unrotated(ggml_type tk, ggml_type tv, bool rot_k, bool rot_v) {
+    for (const bool is_k : { true, false }) {
+        const ggml_type t = is_k ? tk : tv;
+        if (ggml_type_is_tq(t) && !(is_k ? rot_k : rot_v)) {
+            LLAMA_LOG_WARN("%s: the %s cache (%s) is not rotated (LLAMA_ATTN_ROT_DISABLE, or head sizes differ between layers): "
+                "TurboQuant accuracy will be poor\n", __func__, is_k ? "K" : "V", ggml_type_name(t));
+        }
+    }
+}
+
+void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams, ggml_type tk, ggml_type tv,
+                        bool is_mla, bool shares_cells, bool is_swa_cache, uint32_t kv_size,
+                        const std::function<bool(int32_t)> & has_layer) {
+    hp = &hparams;
+    type_k = tk;
+    type_v = tv;
+    const tq_kv_options o = tq_kv_options_current();
+    center_k = o.center == tq_center_mode::automatic ? ggml_type_is_tq(tk)
+                                                     : o.center != tq_center_mode::off && ggml_is_quantized(tk);
+    center_v = o.center == tq_center_mode::kv && ggml_is_quantized(tv) && !is_mla;
+
+    // the shift is exact only when the mean goes through the same (whole-head) RoPE as the keys;
+    // sinks and soft-capped logits are not shift-invariant, and a sink also breaks sum p_j = 1 for V
+    const char * why_off = nullptr;
+    bool full_rope = true;
+    for (int32_t il = 0; il < (int32_t) hparams.n_layer_all; ++il) {
+        if (!has_layer(il)) {
+            continue;
+        }
+        if (hparams.has_rope(il) && hparams.n_rot(il) != hparams.n_embd_head_k(il)) {
+            full_rope = false;
+        }
+        if ((size_t) il < model.layers.size() && model.layers[il].attn_sinks) {
+            why_off = "the model has attention sinks";
+        }
+    }
+    if (hparams.attn_soft_cap) {
+        why_off = "the model soft-caps attention logits";
+    } else if (shares_cells) {
+        why_off = "the cache shares its cells with another cache";
+    }
+    if (enabled() && why_off) {
+        LLAMA_LOG_WARN("%s: KV mean-centring off: %s, where it is not exact\n", __func__, why_off);
+        center_k = center_v = false;
+    }
+    if (center_k && !full_rope) {
+        LLAMA_LOG_WARN("%s: K mean-centring off: RoPE covers only part of the head (K-shift would not be exact)\n", __func__);
+        center_k = false;
+    }
+    // the K statistics follow RoPE's pairs: plain and NeoX pairing only
+    if (center_k && hparams.rope_type != LLAMA_ROPE_TYPE_NORM && hparams.rope_type != LLAMA_ROPE_TYPE_NEOX &&
+            hparams.rope_type != LLAMA_ROPE_TYPE_NONE) {
+        LLAMA_LOG_WARN("%s: K mean-centring off: RoPE type %d pairs values in a way it does not model\n", __func__, (int) hparams.rope_type);
+        center_k = false;
+    }
+    equalize_k = center_k && o.equalize;
+    sink_code  = o.sink;
+    const auto & target = tq_kv_calibration_target_current();
+    // the calibration's own context measures the statistics from its first ubatch (the text)
+    source     = target.active ? tq_stats_source::first_ubatch : o.stats;
+    // the positions the cache will hold: its size (or, while calibrating, the real cache's), or for
+    // a sliding-window cache (whose positions run past its size) the training context (the
+    // context's own length measured worse on Gemma-3 at ctx 512: tq4 0.046 against 0.040)
+    positions = is_swa_cache ? (float) hparams.n_ctx_train : (float) (target.active ? target.positions : kv_size);
+    if (enabled()) {
+        LLAMA_LOG_INFO("%s: mean-centred K = %d, V = %d, equalized K = %d, first token coded exactly = %d, statistics: %s\n",
+            __func__, center_k, center_v, equalize_k, sink_code, source == tq_stats_source::calibration ? "calibration" : "first ubatch");
+    }
+}
+
+void tq_kv_center::alloc_layer(ggml_context * ctx, int32_t il, const char * name_tag) {
+    layer l;
+    l.il = il;
+    l.type_k = type_k;
+    l.type_v = type_v;
+    if (hp->rope_type != LLAMA_ROPE_TYPE_NONE) {
+        l.rope.type       = hp->rope_type;
+        l.rope.freq_base  = hp->is_swa(il) ? hp->rope_freq_base_train_swa  : hp->rope_freq_base_train;
+        l.rope.freq_scale = hp->is_swa(il) ? hp->rope_freq_scale_train_swa : hp->rope_freq_scale_train;
+    }
+    auto make = [&](const char * what, uint32_t n_embd_head) {
+        ggml_tensor * t = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_embd_head, hp->n_head_kv(il));
+        ggml_format_name(t, "cache_%s%s_l%d", name_tag, what, il);
+        return t;
+    };
+    if (center_k) {
+        l.mean_k = make("k_mean", hp->n_embd_head_k(il));
+    }
+    if (equalize_k) {
+        l.scale_k = make("k_scale", hp->n_embd_head_k(il));
+    }
+    if (center_v) {
+        l.mean_v = make("v_mean", hp->n_embd_head_v(il));
+    }
+    by_il[il] = layers.size();
+    layers.push_back(l);
+}
+
+ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * cur, int32_t il, bool is_k, bool init,
+                                  ggml_tensor * rot, ggml_tensor ** mean_out, ggml_tensor ** q, int64_t n_seq_tokens) const {
+    const auto it = by_il.find(il);
+    const layer * l = it == by_il.end() ? nullptr : &layers[it->second];
+    ggml_tensor * ctr = l ? (is_k ? l->mean_k : l->mean_v) : nullptr;
+    ggml_tensor * scl = l && is_k ? l->scale_k : nullptr;
+    if (mean_out) {
+        *mean_out = ctr;
+    }
+    if (!ctr) {
+        return cur;
+    }
+    const int64_t n_embd_head = ctr->ne[0];
+    const int64_t n_head_kv   = ctr->ne[1];
+    GGML_ASSERT(!init || cur != nullptr);
+    GGML_ASSERT(!cur || (cur->type == GGML_TYPE_F32 && cur->ne[0] == n_embd_head && cur->ne[1] == n_head_kv));
+
+    ggml_tensor * mean  = ctr;
+    ggml_tensor * scale = scl;
+    ggml_tensor * q4    = nullptr; // q as [n_embd_head, n_gqa, n_head_kv, n_tokens]
+    if (scl) {
+        GGML_ASSERT(q && *q && (*q)->ne[0] == n_embd_head && (*q)->ne[1] % n_head_kv == 0);
+        ggml_tensor * qc = ggml_is_contiguous(*q) ? *q : ggml_cont(ctx, *q);
+        q4 = ggml_reshape_4d(ctx, qc, n_embd_head, (*q)->ne[1]/n_head_kv, n_head_kv, ggml_nelements(qc)/(n_embd_head*(*q)->ne[1]));
+    }
+    if (init) {
+        // written once, read by every later ubatch (whose graphs carry no write, so reads never
+        // race a write)
+        tq_center_stats_params p;
+        p.n_seq_tokens = n_seq_tokens;
+        p.positions    = positions;
+        p.equalize     = scl != nullptr;
+        if (is_k) {
+            p.rope = l->rope;
+        }
+        const tq_center_stats st = tq_center_build_stats(ctx, cur, q4, p);
+        mean = st.mean;
+        if (scl) {
+            scale = st.scale;
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, scale, scl));
+        }
+        // a QJL type's decoded vector is not a code word of its own quantizer (the residual signs of
+        // the decoded vector differ): there the step would only move mu (SmolLM2 tq3j at ctx 4096:
+        // 0.412 with it against 0.324 without)
+        const ggml_type type = is_k ? l->type_k : l->type_v;
+        if (sink_code && type != GGML_TYPE_TQ3J && type != GGML_TYPE_TQ4J) {
+            mean = tq_center_sink_mean(ctx, cur, mean, scale, rot, type);
+        }
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, mean, ctr));
+    }
+    if (mean_out) {
+        *mean_out = mean;
+    }
+    ggml_tensor * res = cur ? ggml_sub(ctx, cur, ggml_reshape_3d(ctx, mean, n_embd_head, n_head_kv, 1)) : nullptr;
+    if (scale) {
+        if (res) {
+            res = ggml_mul(ctx, res, ggml_reshape_3d(ctx, scale, n_embd_head, n_head_kv, 1));
+        }
+        q4 = ggml_div(ctx, q4, ggml_reshape_4d(ctx, scale, n_embd_head, 1, n_head_kv, 1));
+        *q = ggml_reshape_3d(ctx, q4, n_embd_head, (*q)->ne[1], (*q)->ne[2]);
+    }
+    return res;
+}
+
+ggml_tensor * tq_kv_center::mean_v(int32_t il) const {
+    const auto it = by_il.find(il);
+    return it == by_il.end() ? nullptr : layers[it->second].mean_v;
+}
+
+// a centred cache holds s (k - mu): the K-shift turns k itself, s (R(stored/s + mu) - mu)
+ggml_tensor * tq_kv_center::shift_unapply(ggml_context * ctx, ggml_tensor * tmp, int32_t il) const {
+    const auto it = by_il.find(il);
+    if (it == by_il.end()) {
+        return tmp;
+    }
+    const layer & l = layers[it->second];
+    if (l.scale_k) {
+        tmp = ggml_div(ctx, tmp, ggml_reshape_3d(ctx, l.scale_k, l.scale_k->ne[0], l.scale_k->ne[1], 1));
+    }
+    if (l.mean_k) {
+        tmp = ggml_add(ctx, tmp, ggml_reshape_3d(ctx, l.mean_k, l.mean_k->ne[0], l.mean_k->ne[1], 1));
+    }
+    return tmp;
+}
+
+ggml_tensor * tq_kv_center::shift_apply(ggml_context * ctx, ggml_tensor * tmp, int32_t il) const {
+    const auto it = by_il.find(il);
+    if (it == by_il.end()) {
+        return tmp;
+    }
+    const layer & l = layers[it->second];
+    if (l.mean_k) {
+        tmp = ggml_sub(ctx, tmp, ggml_reshape_3d(ctx, l.mean_k, l.mean_k->ne[0], l.mean_k->ne[1], 1));
+    }
+    if (l.scale_k) {
+        tmp = ggml_mul(ctx, tmp, ggml_reshape_3d(ctx, l.scale_k, l.scale_k->ne[0], l.scale_k->ne[1], 1));
+    }
+    return tmp;
+}
+
+// ---------------------------------------------------------------------------------------------
+// state and the statistics as floats
+
+uint32_t tq_kv_center::mode_bits() const {
+    return (center_k ? 1u : 0u) | (center_v ? 2u : 0u) | (equalize_k ? 4u : 0u);
+}
+
+// the centring section: which halves are centred, then per layer the K means, V means, K scales
+void tq_kv_center::state_write(llama_io_write_i & io) const {
+    const uint32_t mode = mode_bits();
+    io.write(&mode, sizeof(mode));
+    for (const auto & l : layers) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+            if (t) {
+                io.write_tensor(t, 0, ggml_nbytes(t));
+            }
+        }
+    }
+}
+
+void tq_kv_center::state_read(llama_io_read_i & io, bool was_empty) {
+    uint32_t mode;
+    io.read(&mode, sizeof(mode));
+    if (mode != mode_bits()) {
+        throw std::runtime_error(format("KV mean-centring differs: the state has centred K %d V %d equalized K %d, this cache "
+            "%d %d %d (kv_center / LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE)", mode & 1, (mode >> 1) & 1, (mode >> 2) & 1,
+            center_k, center_v, equalize_k));
+    }
+    bool changed = false;
+    for (const auto & l : layers) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+            if (!t) {
+                continue;
+            }
+            const size_t n = ggml_nbytes(t);
+            std::vector<uint8_t> src(n);
+            io.read(src.data(), n);
+            if (was_empty) {
+                ggml_backend_tensor_set(t, src.data(), 0, n);
+                changed = true;
+            } else {
+                // cells of another sequence already sit relative to our means: they must agree
+                std::vector<uint8_t> cur(n);
+                ggml_backend_tensor_get(t, cur.data(), 0, n);
+                if (memcmp(cur.data(), src.data(), n) != 0) {
+                    throw std::runtime_error("KV mean-centring: the sequence was saved with other centring statistics than "
+                        "this non-empty cache holds; restore it into an empty cache");
+                }
+            }
+        }
+    }
+    if (changed && fixed) {
+        get(fixed_stats); // the state's statistics are the ones a clear must keep now
+    }
+}
+
+size_t tq_kv_center::n_floats() const {
+    size_t n = 0;
+    for (const auto & l : layers) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+            n += t ? (size_t) ggml_nelements(t) : 0;
+        }
+    }
+    return n;
+}
+
+void tq_kv_center::get(std::vector<float> & out) const {
+    out.resize(n_floats());
+    size_t at = 0;
+    for (const auto & l : layers) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+            if (t) {
+                ggml_backend_tensor_get(t, out.data() + at, 0, ggml_nbytes(t));
+                at += ggml_nelements(t);
+            }
+        }
+    }
+}
+
+void tq_kv_center::restore() {
+    if (fixed) {
+        set(std::vector<float>(fixed_stats));
+    }
+}
+
+void tq_kv_center::set(const std::vector<float> & in) {
+    GGML_ASSERT(in.size() == n_floats());
+    fixed_stats = in;
+    size_t at = 0;
+    for (const auto & l : layers) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+            if (t) {
+                ggml_backend_tensor_set(t, in.data() + at, 0, ggml_nbytes(t));
+                at += ggml_nelements(t);
+            }
+        }
+    }
+    fixed = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the statistics from host arrays (tests)
+
+int32_t llama_tq_center_stats(const float * k, const float * q, int64_t n_embd_head, int64_t n_head_kv, int64_t n_gqa,
+                              int64_t n_tokens, int64_t n_seq_tokens, float positions, int32_t rope_type, float freq_base,
+                              float freq_scale, bool equalize, float * mean, float * scale) {
+    if (!k || !mean || !scale || (equalize && !q) || n_embd_head < 2 || n_embd_head % 2 || n_head_kv < 1 || n_gqa < 1 ||
+            n_tokens < 1 || n_seq_tokens < 0 || (n_seq_tokens > 0 && n_tokens % n_seq_tokens) || !(positions > 0) ||
+            (rope_type != LLAMA_ROPE_TYPE_NONE && rope_type != LLAMA_ROPE_TYPE_NORM && rope_type != LLAMA_ROPE_TYPE_NEOX)) {
+        return -1;
+    }
+    ggml_backend_t cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+    if (!cpu) {
+        return -1;
+    }
+    ggml_init_params ip = { ggml_tensor_overhead()*1024 + ggml_graph_overhead(), nullptr, true };
+    ggml_context * ctx = ggml_init(ip);
+    ggml_tensor * x  = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, n_embd_head, n_head_kv, n_tokens);
+    ggml_tensor * q4 = equalize ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, n_embd_head, n_gqa, n_head_kv, n_tokens) : nullptr;
+    tq_center_stats_params p;
+    p.n_seq_tokens    = n_seq_tokens;
+    p.positions       = positions;
+    p.rope.type       = rope_type;
+    p.rope.freq_base  = freq_base;
+    p.rope.freq_scale = freq_scale;
+    p.equalize        = equalize;
+    const tq_center_stats st = tq_center_build_stats(ctx, x, q4, p);
+    ggml_tensor * m = ggml_cont(ctx, st.mean);
+    ggml_tensor * s = st.scale ? ggml_cont(ctx, st.scale) : nullptr;
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, m);
+    if (s) {
+        ggml_build_forward_expand(gf, s);
+    }
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, cpu);
+    int32_t rc = buf ? 0 : -1;
+    if (buf) {
+        ggml_backend_tensor_set(x, k, 0, ggml_nbytes(x));
+        if (q4) {
+            ggml_backend_tensor_set(q4, q, 0, ggml_nbytes(q4));
+        }
+        rc = ggml_backend_graph_compute(cpu, gf) == GGML_STATUS_SUCCESS ? 0 : -1;
+        if (rc == 0) {
+            ggml_backend_tensor_get(m, mean, 0, ggml_nbytes(m));
+            if (s) {
+                ggml_backend_tensor_get(s, scale, 0, ggml_nbytes(s));
+            } else {
+                std::fill(scale, scale + n_embd_head*n_head_kv, 1.0f);
+            }
+        }
+        ggml_backend_buffer_free(buf);
+    }
+    ggml_free(ctx);
+    ggml_backend_free(cpu);
+    return rc;
+}

@@ -1,0 +1,44 @@
+// tq-llamacpp: the C functions libllama gains with the TurboQuant KV-cache types (exported like
+// llama.h's own; Python reaches them through llama-cpp-python's handle on libllama).
+#pragma once
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// KV-cache options for the contexts the calling thread creates from now on, as "key=value" pairs
+// separated by ',' (docs/method.md, Centring):
+//   center   auto | k | kv | off   which halves are stored mean-centred (auto: K of a tq cache)
+//   equalize 1 | 0                 K's per-value factors s (with centring)
+//   sink     1 | 0                 the first token's key coded exactly (with centring)
+//   stats    calib | first         statistics from the model's calibration run (made once per model
+//                                  and cache size, kept in calib_dir) or from each empty cache's
+//                                  first ubatch
+//   calib_dir PATH | off           where calibration results are kept (default
+//                                  $XDG_CACHE_HOME/tq-llamacpp/kv-calib, else ~/.cache/...)
+// They apply on top of the environment variables (LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE, LLAMA_KV_SINK,
+// LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, the same words), which is all the llama.cpp tools read; keys
+// given in neither keep their defaults. NULL clears the thread's options. Returns NULL, or what is
+// wrong with `options` (then nothing changes).
+LLAMA_API const char * llama_tq_kv_options(const char * options);
+
+// The check alone: NULL if `options` is valid, else what is wrong with it.
+LLAMA_API const char * llama_tq_kv_options_check(const char * options);
+
+// Centring statistics of one layer, computed on the CPU from host arrays by the same graph the
+// cache builds (for tests against a reference). k: [n_tokens][n_head_kv][n_embd_head] post-RoPE
+// keys, q: [n_tokens][n_head_kv * n_gqa][n_embd_head] queries (may be NULL when equalize is 0);
+// the tokens are n_tokens / n_seq_tokens sequences of n_seq_tokens positions 0.. each; positions:
+// how many positions the cache holds; rope_type: LLAMA_ROPE_TYPE_NONE, _NORM or _NEOX.
+// mean and scale receive [n_head_kv][n_embd_head] floats (scale: 1 when equalize is 0).
+// Returns 0, or -1 for bad arguments.
+LLAMA_API int32_t llama_tq_center_stats(
+        const float * k, const float * q, int64_t n_embd_head, int64_t n_head_kv, int64_t n_gqa,
+        int64_t n_tokens, int64_t n_seq_tokens, float positions, int32_t rope_type, float freq_base,
+        float freq_scale, bool equalize, float * mean, float * scale);
+
+#ifdef __cplusplus
+}
+#endif
