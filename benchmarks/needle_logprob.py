@@ -20,7 +20,7 @@ import numpy as np
 
 from tq_llamacpp import needle as nd
 from tq_llamacpp.cache_types import pair_name
-from tq_llamacpp.compare import CENTER_MODES, parse_spec
+from tq_llamacpp.llama import parse_spec
 from tq_llamacpp.data import model_path
 from tq_llamacpp.llama import Llama, llama_cpp
 
@@ -45,8 +45,7 @@ def main() -> None:
           "(first answer token's in brackets)\n")
     print("| cache K/V | " + " | ".join(p.passkey for p in prompts) + " | mean |\n|---|" + "---|" * (len(prompts) + 1))
     for spec in a.types.split(","):
-        k, v, env = parse_spec(spec)
-        center = next((m for m, e in CENTER_MODES.items() if e == env), None)
+        k, v, center = parse_spec(spec)
         llm = Llama(mp, type_k=k, type_v=v, n_ctx=n_ctx, n_batch=512, n_ubatch=512, flash_attn=True,
                     kv_center=center, verbose=False)
         prev: list[int] = []

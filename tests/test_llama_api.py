@@ -3,6 +3,8 @@ touched, KV sizes, chat, state save/load and K-shift on a real model (SmolLM2-13
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 import struct
 
 import numpy as np
@@ -11,22 +13,9 @@ import pytest
 from tq_llamacpp import native
 from tq_llamacpp._libs import lib_dir
 from tq_llamacpp.cache_types import CACHE_TYPES, cache_type, parse_pair
-from tq_llamacpp.data import model_path
+from tq_llamacpp.errors import LlamaError
 
 pytestmark = pytest.mark.model
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return model_path("smollm2")
-
-
-@pytest.fixture(scope="module")
-def tq():
-    import tq_llamacpp
-    import tq_llamacpp.llama  # noqa: F401  binds llama_cpp to the patched libraries before any test imports it
-
-    return tq_llamacpp
 
 
 def test_cache_table_matches_ggml():
@@ -43,7 +32,7 @@ def test_cache_table_matches_ggml():
 
 
 def test_names_ids_and_errors():
-    assert cache_type("tq3") is cache_type(161) is cache_type(" TQ3 ")
+    assert cache_type("tq3") is cache_type(161) is cache_type(" TQ3 ") is cache_type(np.int64(161)) is cache_type("161")
     assert parse_pair("q8_0/tq3") == (CACHE_TYPES["q8_0"], CACHE_TYPES["tq3"])
     with pytest.raises(ValueError, match="valid names: f32, f16"):
         cache_type("tq9")
@@ -51,6 +40,8 @@ def test_names_ids_and_errors():
         cache_type(999)
     with pytest.raises(TypeError):
         cache_type(True)
+    with pytest.raises(TypeError, match="not float"):
+        cache_type(161.0)
     with pytest.raises(ValueError, match="'K' or 'K/V'"):
         parse_pair("tq3/tq3/tq3")
 
@@ -66,15 +57,21 @@ def test_errors_before_llama_cpp(tq, smollm2, tmp_path):
         tq.Llama(smollm2, type_k="tq4", flash_attn=False)
 
 
-def _tiny_gguf(path, head_dim):
-    """A metadata-only GGUF of a llama with the given head size (80 is real: e.g. Phi-2)."""
-    kv = [("general.architecture", 8, "llama"), ("llama.block_count", 4, 2),
-          ("llama.embedding_length", 4, head_dim * 4), ("llama.attention.head_count", 4, 4)]
-    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)))
-    for key, vtype, val in kv:
-        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype)
-        out += struct.pack("<Q", len(val)) + val.encode() if vtype == 8 else struct.pack("<I", val)
-    path.write_bytes(bytes(out))
+def _tiny_gguf(path, head_dim=64, **keys):
+    """A metadata-only GGUF of a llama (gguf's writer); `keys` override or add llama.* values
+    (80 is a real head size: e.g. Phi-2)."""
+    from gguf import GGUFWriter
+
+    values = {"block_count": 2, "embedding_length": head_dim * 4, "attention.head_count": 4, **keys}
+    w = GGUFWriter(str(path), "llama")
+    for key, value in values.items():
+        if isinstance(value, list):
+            w.add_array(f"llama.{key}", value)
+        else:
+            w.add_uint32(f"llama.{key}", value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
     return path
 
 
@@ -83,6 +80,61 @@ def test_unsupported_head_size(tq, tmp_path):
     with pytest.raises(ValueError, match="head size 80 .* tq3 cache cannot code: tq3 needs a multiple of 64"):
         tq.Llama(m, type_k="tq3", type_v="tq3")
     assert tq.kv_bytes(m, "f16", n_ctx=256) == 2 * 256 * 2 * (320 * 2)
+    big = _tiny_gguf(tmp_path / "hd2048.gguf", 2048)
+    with pytest.raises(ValueError, match="head size 2048 for K: the tq3 cache codes head sizes up to 1024"):
+        tq.Llama(big, type_k="tq3")
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"block_count": 100000}, "block_count = 100000 is more than llama.cpp supports"),
+    ({"attention.head_count": 0}, "head_count is 0 in every layer"),
+    ({"block_count": 0}, "block_count is 0"),
+    ({"attention.head_count": [4, 4, 4]}, "has 3 entries for 2 layers"),
+    ({"expert_count": 5000}, "expert_count = 5000 is more than llama.cpp supports"),
+])
+def test_model_values_llama_cpp_would_abort_on(tq, tmp_path, keys, message):
+    """Refused before llama.cpp loads the file: llama.cpp itself aborts the whole process
+    (GGML_ASSERT) on some of these."""
+    from tq_llamacpp.errors import GGUFError
+
+    m = _tiny_gguf(tmp_path / "bad.gguf", **keys)
+    for call in (lambda: tq.Llama(m, type_k="tq3"), lambda: tq.kv_bytes(m, "tq3")):
+        with pytest.raises(GGUFError, match=message) as info:
+            call()
+        assert "bad.gguf" in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_damaged_files_name_the_file(tq, tmp_path, smollm2):
+    from tq_llamacpp.errors import GGUFError
+
+    good = _tiny_gguf(tmp_path / "good.gguf").read_bytes()
+    cases = {
+        "truncated.gguf": (good[:40], "truncated.gguf is truncated or damaged"),
+        "empty.gguf": (b"", "empty.gguf is not a GGUF file"),
+        "text.gguf": (b"hello, not a model" * 8, "text.gguf is not a GGUF file"),
+        # the first key's length says 2**60 bytes
+        "huge.gguf": (good[:24] + struct.pack("<Q", 1 << 60) + good[32:], "huge.gguf is truncated or damaged: .* needs "
+                      "1152921504606846976 bytes"),
+        "cut.gguf": (smollm2.read_bytes()[:1_000_000], "cut.gguf is truncated or damaged"),
+    }
+    for name, (blob, message) in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(GGUFError, match=message):
+            tq.Llama(tmp_path / name, type_k="tq3")
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        tq.kv_bytes(tmp_path / "missing.gguf", "tq3")
+
+
+def test_kv_bytes_arguments(tq, smollm2):
+    with pytest.raises(ValueError, match="n_ctx must be at least 1, got -5"):
+        tq.kv_bytes(smollm2, "tq3", "tq3", -5)
+    with pytest.raises(ValueError, match="n_ctx must be at least 1, got 0"):
+        tq.kv_bytes(smollm2, "tq3", n_ctx=0)
+    with pytest.raises(TypeError, match="n_ctx must be an int, not float"):
+        tq.kv_bytes(smollm2, "tq3", n_ctx=512.0)
+    with pytest.raises(ValueError, match="absurdly large"):
+        tq.kv_bytes(smollm2, "tq3", n_ctx=1 << 50)
+    assert tq.kv_bytes(smollm2, np.int64(161), n_ctx=np.int32(512)) == tq.kv_bytes(smollm2, "TQ3", n_ctx=512)
 
 
 def test_strings_and_ints_run(tq, smollm2):
@@ -100,8 +152,9 @@ def test_kv_bytes_matches_llama_cpp(tq, smollm2, capfd):
     for k, v in [("f16", "f16"), ("tq3", "tq3"), ("q8_0", "tq2")]:
         llm = tq.Llama(smollm2, type_k=k, type_v=v, n_ctx=1000, verbose=True)
         llm.close()
-        err = capfd.readouterr().err
-        sizes = [float(s) for s in __import__("re").findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", err)]
+        # the cache's own lines, not those of the context that calibrates its statistics
+        err = capfd.readouterr().err.split("calibrating the KV centring")[0]
+        sizes = [float(s) for s in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", err)]
         assert sizes, err[-2000:]
         assert abs(sum(sizes) - tq.kv_bytes(smollm2, k, v, n_ctx=1000) / 2**20) < 0.01
     # tq3 holds the same context in 16 / 3.25 less memory than f16
@@ -114,7 +167,8 @@ def test_chat_is_deterministic_with_a_seed(tq, smollm2):
     replies = []
     for _ in range(2):
         llm = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=512, seed=7, verbose=False)
-        msgs = chat(llm, prompts=["Name a color."], out=open("/dev/null", "w"), max_tokens=16)
+        with open(os.devnull, "w") as devnull:
+            msgs = chat(llm, prompts=["Name a color."], out=devnull, max_tokens=16)
         replies.append(msgs[-1]["content"])
         llm.close()
     assert replies[0].strip() and replies[0] == replies[1]
@@ -141,7 +195,7 @@ def test_state_save_load_round_trip(tq, smollm2, type):
     llm.close()
 
 
-def test_k_shift_continues(tq, smollm2, monkeypatch):
+def test_k_shift_continues(tq, smollm2):
     """Drop tokens from the middle and shift the rest back: the K-shift re-applies RoPE to the coded
     keys (tq -> f32 -> rope -> tq). The tq4 cache must then go on predicting like an f16 cache that did
     the same. (The ops themselves are checked exactly by test-backend-ops CPY/ROPE cases.)"""
@@ -171,11 +225,10 @@ def test_k_shift_continues(tq, smollm2, monkeypatch):
     assert np.argmax(f16) in np.argsort(tq4)[-3:]
     assert np.corrcoef(f16, tq4)[0, 1] > 0.98
     # exactness of the shift itself: a q8_0 K cache stored centred and equalized (kv_center="k"), and
-    # centred only (LLAMA_KV_EQUALIZE=0), shifts s R(k - mu + mu) - s mu, so it must follow f16 as
-    # closely as the plain q8_0 cache does
+    # centred only (equalize=0), shifts s R(k - mu + mu) - s mu, so it must follow f16 as closely as
+    # the plain q8_0 cache does
     plain, equalized = run("q8_0"), run("q8_0", kv_center="k")
-    monkeypatch.setenv("LLAMA_KV_EQUALIZE", "0")
-    centred = run("q8_0", kv_center="k")
+    centred = run("q8_0", kv_center="k", kv_options={"equalize": 0})
     r_plain = np.corrcoef(f16, plain)[0, 1]
     for r in (np.corrcoef(f16, centred)[0, 1], np.corrcoef(f16, equalized)[0, 1]):
         assert r_plain > 0.999 and r > 0.999
@@ -215,22 +268,74 @@ def test_centring_helps_tq3(tq, smollm2):
 def test_centring_errors(tq, smollm2):
     with pytest.raises(ValueError, match="kv_center"):
         tq.Llama(smollm2, type_k="tq3", type_v="tq3", kv_center="sometimes")
-    # a state saved from a centred cache does not load into an uncentred one: an error, not garbage
+    with pytest.raises(ValueError, match="stats must be calib or first, not 'often'"):
+        tq.Llama(smollm2, type_k="tq3", kv_options="stats=often")
+    with pytest.raises(ValueError, match="unknown KV-cache option 'colour'"):
+        tq.Llama(smollm2, type_k="tq3", kv_options={"colour": "red"})
+    # a state saved from a centred cache does not load into an uncentred one: an error with
+    # llama.cpp's reason, not garbage
     llm = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False)
     llm.eval(llm.tokenize(b"It is a truth universally acknowledged"))
     state = llm.save_state()
     llm.close()
     other = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_center="off")
-    with pytest.raises(Exception):
+    with pytest.raises(LlamaError, match="cannot load the saved state: .*KV mean-centring differs: the state has centred K 1"):
         other.load_state(state)
     other.close()
 
 
+def test_a_model_llama_cpp_cannot_load_says_why(tq, tmp_path):
+    m = tmp_path / "weights-missing.gguf"
+    _tiny_gguf(m)
+    with pytest.raises(LlamaError, match="llama.cpp refused weights-missing.gguf: .*") as info:
+        tq.Llama(m, type_k="tq3", verbose=False)
+    assert "Failed to load model" not in str(info.value)  # llama.cpp's reason, not llama-cpp-python's wrapper
+
+
+def test_threads_keep_their_own_options(tq, smollm2):
+    """The KV-cache options reach llama.cpp per thread: two threads making contexts at once with
+    different centring each get their own (a centred tq cache's state carries its statistics, so the
+    state size tells which one a context got)."""
+    import threading
+
+    def state_size(center):
+        llm = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_center=center)
+        llm.eval(llm.tokenize(b"Hello"))
+        n = llama_cpp_state_size(llm)
+        llm.close()
+        return n
+
+    want = {c: state_size(c) for c in ("off", "auto")}
+    assert want["auto"] > want["off"]
+    got: dict = {}
+    errors = []
+
+    def work(center, i):
+        try:
+            got[(center, i)] = state_size(center)
+        except Exception as exc:  # noqa: BLE001  reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c, i)) for i in range(3) for c in ("off", "auto")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(n == want[c] for (c, _), n in got.items()), (got, want)
+
+
+def llama_cpp_state_size(llm) -> int:
+    from tq_llamacpp.llama import llama_cpp
+
+    return llama_cpp.llama_state_get_size(llm.ctx)
+
+
 def test_compare_spec_centring(tq):
-    from tq_llamacpp.compare import parse_spec
+    from tq_llamacpp.llama import parse_spec
 
     k, v, mode = parse_spec("q8_0/tq3@kv")
     assert (k.name, v.name, mode) == ("q8_0", "tq3", "kv")
-    assert parse_spec("tq3@off")[2] == "0" and parse_spec("tq3")[2] is None
+    assert parse_spec("tq3@off")[2] == "off" and parse_spec("tq3")[2] is None
     with pytest.raises(ValueError, match="unknown centring '@sometimes'"):
         parse_spec("tq3@sometimes")

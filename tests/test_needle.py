@@ -17,11 +17,6 @@ EXE = shutil.which("tq-llama")
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return model_path("smollm2")
-
-
-@pytest.fixture(scope="module")
 def nd():
     import tq_llamacpp.llama  # noqa: F401  binds llama_cpp to the patched libraries first
     from tq_llamacpp import needle

@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 
 from ._libs import tool
 from ._progress import Progress
-from .cache_types import CacheType, pair_name, parse_pair
+from .cache_types import pair_name
 from .data import cache_dir
-from .llama import check_cache_types, kv_bytes
+from .llama import check_cache_types, kv_bytes, parse_spec
 
 
 @dataclass
@@ -97,19 +97,6 @@ def _base_file(model: Path, text: Path, ctx: int, chunks: int, exe: Path) -> Pat
     return d / f"{model.stem}-{h.hexdigest()[:16]}.kld"
 
 
-# "tq3@off": a type or K/V pair, then how the cache is centred (LLAMA_KV_CENTER, README "Centring")
-CENTER_MODES = {"auto": "auto", "off": "0", "k": "k", "kv": "kv"}
-
-
-def parse_spec(spec: str) -> tuple[CacheType, CacheType, Optional[str]]:
-    """'q8_0/tq3@kv' -> (K type, V type, LLAMA_KV_CENTER value or None for the default)."""
-    pair, _, mode = spec.partition("@")
-    if mode and mode not in CENTER_MODES:
-        raise ValueError(f"unknown centring '@{mode}' in {spec!r}: use one of " + ", ".join("@" + m for m in CENTER_MODES))
-    k, v = parse_pair(pair)
-    return k, v, CENTER_MODES[mode] if mode else None
-
-
 def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunks: int = 20,
             threads: Optional[int] = None, progress: bool = False,
             extra_args: Sequence[str] = ()) -> list[Result]:
@@ -133,11 +120,11 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
                    chunks, progress)
         tmp.replace(base)
         base_ppl = parse_output(out)["ppl_final"]
-    for k, v, mode in pairs:
-        label = pair_name(k, v) + (f"@{next(m for m, e in CENTER_MODES.items() if e == mode)}" if mode else "")
+    for k, v, center in pairs:
+        label = pair_name(k, v) + (f"@{center}" if center else "")
         env = None
-        if mode is not None:
-            env = dict(os.environ, LLAMA_KV_CENTER=mode)
+        if center is not None:
+            env = dict(os.environ, LLAMA_KV_CENTER=center)
         out = _run(common + ["-ctk", k.name, "-ctv", v.name, "--kl-divergence-base", str(base), "--kl-divergence"],
                    label, chunks, progress, env)
         r = parse_output(out)

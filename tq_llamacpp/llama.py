@@ -1,23 +1,124 @@
 """`Llama`: llama-cpp-python's Llama with KV-cache types by name and the checks they need."""
 from __future__ import annotations
 
-import os
+import contextlib
+import ctypes
+import operator
+import threading
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from ._libs import import_llama_cpp
-from .cache_types import CACHE_TYPES, CacheType, cache_type
-from .gguf_meta import attention_shape, read_metadata
+from .cache_types import CACHE_TYPES, CacheType, cache_type, parse_pair
+from .errors import LlamaError, TqTypeError, TqValueError
+from .gguf_meta import MAX_HEAD_DIM_TQ, attention_shape, read_metadata
 
 llama_cpp = import_llama_cpp()
+from llama_cpp import _logger as _llama_cpp_logger  # noqa: E402  (after the import that binds the libraries)
 
 TypeArg = Optional[Union[str, int, CacheType]]
+# what kv_center takes -> native/llama/tq-llama.h's `center` option
+_KV_CENTER = {"auto": "auto", "k": "k", "kv": "kv", "off": "off", True: "k", False: "off"}
 
+
+# ---- llama.cpp's C functions that the patched build adds (native/llama/tq-llama.h) -------------
+
+def _c_function(name: str, restype, *argtypes):
+    f = getattr(llama_cpp.llama_cpp._lib, name)
+    f.restype, f.argtypes = restype, list(argtypes)
+    return f
+
+
+_kv_options = _c_function("llama_tq_kv_options", ctypes.c_char_p, ctypes.c_char_p)
+_kv_options_check = _c_function("llama_tq_kv_options_check", ctypes.c_char_p, ctypes.c_char_p)
+
+
+def kv_options_string(kv_center: Union[None, bool, str] = None, kv_options: Union[None, str, dict] = None) -> str:
+    """The option string for the patched llama.cpp (native/llama/tq-llama.h): `kv_options` as
+    "key=value,..." or a dict, with `kv_center` as its `center`. ValueError says what is wrong."""
+    if isinstance(kv_options, dict):
+        parts = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in kv_options.items()]
+    elif isinstance(kv_options, str) or kv_options is None:
+        parts = [kv_options] if kv_options else []
+    else:
+        raise TqTypeError(f"kv_options must be a str or a dict, not {type(kv_options).__name__}")
+    if kv_center is not None:
+        if not isinstance(kv_center, (bool, str)) or kv_center not in _KV_CENTER:
+            raise TqValueError(f"kv_center must be one of auto, k, kv, off, True or False, not {kv_center!r}")
+        parts.append(f"center={_KV_CENTER[kv_center]}")
+    text = ",".join(parts)
+    err = _kv_options_check(text.encode())
+    if err is not None:
+        raise TqValueError(f"KV-cache options {text!r}: {err.decode()}")
+    return text
+
+
+@contextlib.contextmanager
+def thread_kv_options(text: str) -> Iterator[None]:
+    """The KV-cache options for contexts this thread creates inside the block (thread-local in
+    llama.cpp, so threads making contexts at the same time do not cross)."""
+    err = _kv_options(text.encode())
+    if err is not None:
+        raise TqValueError(f"KV-cache options {text!r}: {err.decode()}")
+    try:
+        yield
+    finally:
+        _kv_options(None)
+
+
+# ---- llama.cpp's reasons, which it only logs, attached to the exception --------------------------
+
+def parse_spec(spec: str) -> tuple[CacheType, CacheType, Optional[str]]:
+    """'q8_0/tq3@kv' -> (K type, V type, its centring or None for the default), as compare, needle
+    and the benchmarks take cache types."""
+    pair, at, center = spec.partition("@")
+    if at:
+        try:
+            kv_options_string(center)
+        except TqValueError:
+            raise TqValueError(f"unknown centring '@{center}' in {spec!r}: use @auto, @k, @kv or @off") from None
+    k, v = parse_pair(pair)
+    return k, v, center or None
+
+
+_capture = threading.local()
+# ggml.h of the pinned llama.cpp: GGML_LOG_LEVEL_WARN = 3, GGML_LOG_LEVEL_ERROR = 4
+_WARN_OR_ERROR = (3, 4)
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    lines = getattr(_capture, "lines", None)
+    if lines is not None and level in _WARN_OR_ERROR:
+        lines.append(text.decode("utf-8", errors="replace").strip())
+    _llama_cpp_logger.llama_log_callback(level, text, user_data)  # llama-cpp-python's own printing, as before
+
+
+llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def llama_reasons() -> Iterator[list]:
+    """The warnings and errors llama.cpp logs on this thread inside the block."""
+    saved = getattr(_capture, "lines", None)
+    _capture.lines = []
+    try:
+        yield _capture.lines
+    finally:
+        _capture.lines = saved
+
+
+def _with_reason(exc: Exception, lines: list, what: str) -> LlamaError:
+    reasons = [ln for ln in lines if ln]
+    return LlamaError(f"{what}: " + ("; ".join(reasons[-3:]) if reasons else str(exc)))
+
+
+# ---- checks before llama.cpp -----------------------------------------------------------------------
 
 def _check_model(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    return attention_shape(read_metadata(path))
+    return attention_shape(read_metadata(path), path)
 
 
 def check_cache_types(model_path: Union[str, Path], type_k: TypeArg, type_v: TypeArg) -> tuple[CacheType, CacheType]:
@@ -27,16 +128,15 @@ def check_cache_types(model_path: Union[str, Path], type_k: TypeArg, type_v: Typ
     v = cache_type(type_v if type_v is not None else "f16")
     for which, t, hd in (("K", k, shape["head_dim_k"]), ("V", v, shape["head_dim_v"])):
         if hd % t.block:
-            raise ValueError(
+            raise TqValueError(
                 f"{Path(model_path).name} has head size {hd} for {which}, which the {t.name} cache cannot code: "
                 f"{t.name} needs a multiple of {t.block}; use one of "
                 + ", ".join(n for n, c in CACHE_TYPES.items() if hd % c.block == 0)
             )
+        if t.turboquant and hd > MAX_HEAD_DIM_TQ:
+            raise TqValueError(f"{Path(model_path).name} has head size {hd} for {which}: the {t.name} cache "
+                               f"codes head sizes up to {MAX_HEAD_DIM_TQ}")
     return k, v
-
-
-# kv_center -> LLAMA_KV_CENTER, read by the patched llama.cpp when it creates the cache
-_KV_CENTER = {None: None, "auto": "auto", True: "k", "k": "k", "kv": "kv", False: "0", "off": "0"}
 
 
 class Llama(llama_cpp.Llama):
@@ -45,35 +145,43 @@ class Llama(llama_cpp.Llama):
     Flash attention is switched on when the cache needs it (a quantized V, or a tq K); passing
     flash_attn=False with such a cache raises ValueError instead of failing inside llama.cpp.
 
-    kv_center: how the cache stores K (and V) relative to per-head means fixed by the first ubatch
-    (README, "Centring"; K's mean and channel factors weighted per RoPE pair for the positions the
-    cache will hold): "auto" (the default: K of a tq cache, centred and equalized), True / "k" (K of
-    any quantized cache), "kv" (K and V), False / "off".
+    kv_center: which halves of the cache are stored mean-centred (docs/method.md, Centring):
+    "auto" (the default: K of a tq cache), True / "k" (K of any quantized cache), "kv" (K and V),
+    False / "off". kv_options: the other KV-cache options, "key=value,..." or a dict
+    (native/llama/tq-llama.h: equalize, sink, stats, calib_dir), e.g. {"stats": "first"}. The
+    centring statistics are the model's, calibrated once and kept under TQ_CACHE_DIR/kv-calib.
     """
 
     def __init__(self, model_path: Union[str, Path], *, type_k: TypeArg = None, type_v: TypeArg = None,
-                 flash_attn: Optional[bool] = None, kv_center: Union[None, bool, str] = None, **kwargs: Any) -> None:
-        if kv_center not in _KV_CENTER:
-            raise ValueError(f"kv_center must be one of auto, k, kv, off, True or False, not {kv_center!r}")
+                 flash_attn: Optional[bool] = None, kv_center: Union[None, bool, str] = None,
+                 kv_options: Union[None, str, dict] = None, **kwargs: Any) -> None:
+        options = kv_options_string(kv_center, kv_options)
+        if "calib_dir=" not in options:
+            from .data import cache_dir  # noqa: PLC0415
+
+            options = ",".join(x for x in (f"calib_dir={cache_dir() / 'kv-calib'}", options) if x)
         k, v = check_cache_types(model_path, type_k, type_v)
         needs_fa = v.quantized or k.turboquant
         if flash_attn is None:
             flash_attn = needs_fa
         elif not flash_attn and needs_fa:
             why = f"a quantized V cache ({v.name})" if v.quantized else f"the {k.name} K cache"
-            raise ValueError(f"{why} needs flash attention: pass flash_attn=True or leave flash_attn unset")
+            raise TqValueError(f"{why} needs flash attention: pass flash_attn=True or leave flash_attn unset")
         self.cache_type_k, self.cache_type_v = k, v
-        env, saved = _KV_CENTER[kv_center], os.environ.get("LLAMA_KV_CENTER")
-        if env is not None:
-            os.environ["LLAMA_KV_CENTER"] = env
-        try:
-            super().__init__(str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn, **kwargs)
-        finally:
-            if env is not None:
-                if saved is None:
-                    del os.environ["LLAMA_KV_CENTER"]
-                else:
-                    os.environ["LLAMA_KV_CENTER"] = saved
+        with thread_kv_options(options), llama_reasons() as lines:
+            try:
+                super().__init__(str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn, **kwargs)
+            except ValueError as exc:  # llama-cpp-python: "Failed to load model from file" / "... create llama_context"
+                raise _with_reason(exc, lines, f"llama.cpp refused {Path(model_path).name}") from exc
+
+    def load_state(self, state) -> None:
+        """As llama_cpp.Llama.load_state; a state that does not fit this cache raises LlamaError
+        with llama.cpp's reason (another cache type, other centring, a smaller context)."""
+        with llama_reasons() as lines:
+            try:
+                super().load_state(state)
+            except RuntimeError as exc:
+                raise _with_reason(exc, lines, "cannot load the saved state") from exc
 
     def close(self) -> None:
         # llama_cpp.Llama.__del__ calls close(); after a refused __init__ there is nothing to close
@@ -81,17 +189,36 @@ class Llama(llama_cpp.Llama):
             super().close()
 
 
+# llama.cpp pads a cache to a multiple of 256 cells (llama_kv_cache's n_pad: llama_context sets
+# cparams.n_ctx = GGML_PAD(n_ctx, 256)); tests/test_llama_api.py checks the sizes against its log
+_CELL_PAD = 256
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise TqTypeError(f"{what} must be an int, not bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TqTypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if n < 1:
+        raise TqValueError(f"{what} must be at least 1, got {n}")
+    if n > 1 << 40:
+        raise TqValueError(f"{what} = {n} is absurdly large")
+    return n
+
+
 def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: TypeArg = None, n_ctx: int = 4096,
              n_ubatch: int = 512) -> int:
     """Bytes of KV cache llama.cpp allocates for one sequence of n_ctx tokens (sliding-window layers
     keep only window + ubatch cells, as llama.cpp sizes them)."""
-    if not Path(model_path).is_file():
-        raise FileNotFoundError(f"model file not found: {model_path}")
-    meta = read_metadata(model_path)
-    shape = attention_shape(meta)
+    n_ctx, n_ubatch = _positive(n_ctx, "n_ctx"), _positive(n_ubatch, "n_ubatch")
+    path = Path(model_path)
+    meta = read_metadata(path)
+    shape = attention_shape(meta, path)
     k = cache_type(type_k)
     v = cache_type(type_v if type_v is not None else type_k)
-    pad = lambda n: (n + 255) // 256 * 256  # noqa: E731  llama.cpp pads cache sizes to 256 cells
+    pad = lambda n: (n + _CELL_PAD - 1) // _CELL_PAD * _CELL_PAD  # noqa: E731
     full = pad(n_ctx)
     swa = swa_layers(meta, shape)
     total = 0
@@ -104,7 +231,8 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
     return total
 
 
-# architectures whose sliding-window pattern llama.cpp hard-codes when the GGUF does not carry it
+# the sliding-window pattern llama.cpp's model loader sets per architecture when the GGUF does not
+# carry one (src/llama-model.cpp, hparams.set_swa_pattern(n) in load_hparams: every n-th layer full)
 _SWA_PERIOD = {"gemma3": 6, "gemma2": 2, "cohere2": 4}
 
 

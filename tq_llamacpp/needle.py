@@ -244,8 +244,7 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
     a K/V pair "q8_0/tq3", a centring "tq3@off"): the same prompts, one Llama per type. `n_ctx`
     defaults to the model's training context; `text` (a file) replaces the repeated neutral filler
     with its sentences."""
-    from .compare import CENTER_MODES, parse_spec
-    from .llama import Llama, check_cache_types, kv_bytes
+    from .llama import Llama, check_cache_types, kv_bytes, parse_spec
 
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -278,8 +277,7 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
 
     threads = threads or os.cpu_count() or 1
     results = []
-    for k, v, env in specs:
-        center = next((m for m, e in CENTER_MODES.items() if e == env), None)
+    for k, v, center in specs:
         label = pair_name(k, v) + (f"@{center}" if center else "")
         t0 = time.perf_counter()
         # flash attention for every type, f16 included, as `tq-llama compare` runs them: the same
