@@ -62,7 +62,7 @@ checkout)
     fi
     echo "$sdist_sha  $sdist" | sha256sum -c --quiet
     unpack_tree "$sdist" "$dir"
-    git -C "$dir" init -q -b base
+    git -C "$dir" init -q -b pristine
     commit_tree "$dir" "llama.cpp of $sdist_name ($(sed -n 's/^# base: *//p' "$series"))"
     git -C "$dir" tag -f base >/dev/null
     git -C "$dir" checkout -q -b tq
