@@ -55,22 +55,16 @@ say "gpu_bench.sh $(date -u +%FT%TZ), budget ${budget}s, steps:$steps"
 # ---- 1. the codec on the host CPU -------------------------------------------------------------
 if want selftest; then
     n=/tmp/tq-native
-    { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build $n -j "$jobs" >/dev/null &&
-      for t in tests/tq_selftest tests/tq_isa_stress bench/tq_bench; do
-          cc -std=c11 -O2 -ffp-contract=off -Inative/include native/$t.c $n/libtq_native.a -lm -o $n/$(basename $t) || exit 1
-      done
-      echo "== tq_selftest"; $n/tq_selftest
-      echo "== tq_isa_stress 65536"; $n/tq_isa_stress 65536
-    } > "$out/native.log" 2>&1
+    # the native tests are CMake targets (native/CMakeLists.txt): the C selftests, the CUDA device
+    # code of native/cuda against the C codec byte for byte, and the flash-attention decode kernel
+    # (native/cuda/tq-fattn-decode.cuh) against a float64 reference with its time over 32K keys
+    { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=ON -DTQ_CUDA_TESTS=ON >/dev/null &&
+      cmake --build $n -j "$jobs" >/dev/null &&
+      echo "== tq_selftest" && $n/tq_selftest && echo "== tq_isa_stress 65536" && $n/tq_isa_stress 65536; } > "$out/native.log" 2>&1
     say "native selftest rc=$? : $(grep -h 'failures' "$out/native.log" | tr '\n' ' ')"
-    # the CUDA device code of native/cuda against the C codec, byte for byte (no llama.cpp needed)
-    { nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_selftest.cu \
-          $n/libtq_native.a -o $n/tq_cuda_selftest && echo "== tq_cuda_selftest" && $n/tq_cuda_selftest; } >> "$out/native.log" 2>&1
+    { echo "== tq_cuda_selftest" && $n/tq_cuda_selftest; } >> "$out/native.log" 2>&1
     say "cuda selftest rc=$? : $(grep -h 'FAIL\|^[0-9]* failures' "$out/native.log" | tail -12 | tr '\n' ';')"
-    # the flash-attention decode kernel (native/cuda/tq-fattn-decode.cuh) against a float64 reference,
-    # then its time for decode over 32K keys next to a device-to-device copy of the same bytes
-    { nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_fattn_test.cu \
-          $n/libtq_native.a -o $n/tq_cuda_fattn_test && echo "== tq_cuda_fattn_test" && $n/tq_cuda_fattn_test; } >> "$out/native.log" 2>&1
+    { echo "== tq_cuda_fattn_test" && $n/tq_cuda_fattn_test; } >> "$out/native.log" 2>&1
     rc=$?
     fa=$(sed -n '/^== tq_cuda_fattn_test/,$p' "$out/native.log")
     say "cuda fattn decode test rc=$rc : $(grep -c '^PASS' <<< "$fa") PASS, $(grep -c '^FAIL' <<< "$fa") FAIL; $(grep '^perf' <<< "$fa" | sed -E 's/ D=128 G=4 kvh=8 tok=1 kv=32768//; s/, RB=.*//' | tr '\n' ';')"
@@ -97,7 +91,7 @@ pkgdir() { cd /tmp && python3 -c "import importlib.util, os; s = importlib.util.
 if [ -d .tqdev/whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tq-site .tqdev/whl/*.whl >> "$out/pip.log" 2>&1
 fi
-export PYTHONPATH=/tmp/tq-site:$PWD/.tqdev/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=/tmp/tq-site:$PWD/.tqdev/site:$PWD/$src/gguf-py${PYTHONPATH:+:$PYTHONPATH}
 if want pip; then
     [ -f $src/CMakeLists.txt ] || { say "no $src: run scripts/gpu-tree.sh before the call and carry .tqdev"; exit 1; }
     t0=$(date +%s)
@@ -177,9 +171,8 @@ fi
 # ---- 5''. q.k logits over 32K keys per key format ----------------------------------------------
 if want qk && [ "$(left)" -gt 40 ]; then
     n=/tmp/tq-native
-    [ -f $n/libtq_native.a ] || { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build $n -j "$jobs" >/dev/null; }
-    { nvcc -arch=sm_90 -std=c++17 -O2 -Inative/include -Inative/cuda native/bench/tq_cuda_qk_bench.cu $n/libtq_native.a \
-          -o $n/tq_cuda_qk_bench && timeout $(( $(left) - 20 )) $n/tq_cuda_qk_bench; } > "$out/qk.log" 2>&1
+    { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=ON -DTQ_CUDA_TESTS=ON >/dev/null &&
+      cmake --build $n -j "$jobs" --target tq_cuda_qk_bench >/dev/null && timeout $(( $(left) - 20 )) $n/tq_cuda_qk_bench; } > "$out/qk.log" 2>&1
     say "qk bench rc=$?"
     cut -c1-220 "$out/qk.log" >> "$sum"
 fi

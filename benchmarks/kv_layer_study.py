@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from tq_llamacpp import native
-from tq_llamacpp._libs import import_llama_cpp
+from tq_llamacpp._libs import import_llama_cpp, lib_dir
 from tq_llamacpp.data import model_path, text_path
 
 
@@ -38,11 +38,17 @@ def capture(model: str, n: int = 512, skip: int = 2000) -> dict[str, np.ndarray]
     """Post-RoPE Qcur/Kcur and Vcur of every layer ([tokens, heads, head size]) for BOS + n-1 tokens."""
     L = import_llama_cpp()
     got: dict[str, np.ndarray] = {}
+    layout_changed: list[str] = []
 
     @L.ggml_backend_sched_eval_callback
     def cb(tp, ask, _ud):
         t = _Tensor.from_address(tp)
         name = t.name.decode()
+        # _Tensor mirrors struct ggml_tensor of the pinned ggml: refuse to read a tensor whose name
+        # ggml's own accessor disagrees with (the struct changed, e.g. after a rebase of the patches)
+        if name != _ggml_get_name(tp).decode():
+            layout_changed.append(name)
+            return False
         want = re.fullmatch(r"(Qcur|Kcur|Vcur)-\d+", name) is not None
         if ask or not want or t.type != 0:  # F32 only
             return want if ask else True
@@ -53,6 +59,8 @@ def capture(model: str, n: int = 512, skip: int = 2000) -> dict[str, np.ndarray]
         got[name] = a.reshape(ne[2], ne[1], ne[0]).astype(np.float64)  # the last one written is post-RoPE
         return True
 
+    _ggml_get_name = ctypes.CDLL(str(lib_dir() / "libggml-base.so")).ggml_get_name
+    _ggml_get_name.restype, _ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
     L.llama_backend_init()
     m = L.llama_model_load_from_file(str(model_path(model)).encode(), L.llama_model_default_params())
     cp = L.llama_context_default_params()
@@ -65,6 +73,8 @@ def capture(model: str, n: int = 512, skip: int = 2000) -> dict[str, np.ndarray]
     ids = (L.llama_token * n)(*([toks[0]] + list(toks[skip:skip + n - 1])))
     if L.llama_decode(ctx, L.llama_batch_get_one(ids, n)) != 0:
         raise RuntimeError("llama_decode failed")
+    if layout_changed:
+        raise SystemExit("kv_layer_study: struct ggml_tensor differs from _Tensor: update _Tensor to ggml.h")
     L.llama_free(ctx)
     L.llama_model_free(m)
     return got

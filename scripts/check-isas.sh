@@ -13,22 +13,19 @@ cd "$(dirname "$0")/.."
 out=${OUT_DIR:-/tmp/tq-check-isas}
 blocks=${BLOCKS:-65536}
 
-# build_run NAME CC RUNNER [cmake args]: build tq_native warning-free, then run both tests.
+# build_run NAME CC EMULATOR [cmake args]: build tq_native and its tests warning-free, then ctest
+# (through EMULATOR, e.g. qemu, when cross-compiled)
 build_run() {
-  local name=$1 cc=$2 runner=$3 b=$out/$1
+  local name=$1 cc=$2 emulator=$3 b=$out/$1
   shift 3
-  cmake -S native -B "$b" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$cc" "$@" >/dev/null
+  cmake -S native -B "$b" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$cc" -DTQ_BUILD_TESTS=ON \
+    -DTQ_TEST_BLOCKS="$blocks" ${emulator:+-DCMAKE_CROSSCOMPILING_EMULATOR="$emulator"} "$@" >/dev/null
   if ! cmake --build "$b" --clean-first -j2 >"$b/build.log" 2>&1 || grep -E 'warning|error' "$b/build.log"; then
     echo "$name: build failed or warned, see $b/build.log" >&2
     return 1
   fi
-  for t in tq_selftest tq_isa_stress; do
-    "$cc" -std=c11 -O2 -ffp-contract=off -Wall -Wextra -Inative/include "native/tests/$t.c" "$b/libtq_native.a" -lm -o "$b/$t"
-  done
-  echo "== $name: tq_selftest"
-  $runner "$b/tq_selftest"
-  echo "== $name: tq_isa_stress $blocks"
-  $runner "$b/tq_isa_stress" "$blocks"
+  echo "== $name: ctest (tq_selftest, tq_isa_stress $blocks)"
+  (cd "$b" && ctest --output-on-failure)
 }
 
 checks=("$@")
@@ -37,7 +34,7 @@ for w in "${checks[@]}"; do
   case $w in
   native) build_run native "${CC:-cc}" "" ;;
   aarch64)
-    build_run aarch64 aarch64-linux-gnu-gcc "qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+    build_run aarch64 aarch64-linux-gnu-gcc "qemu-aarch64;-L;/usr/aarch64-linux-gnu" \
       -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 ;;
   avx512-compile)
     echo "== avx512-compile"

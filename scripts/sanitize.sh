@@ -12,7 +12,7 @@ root=$PWD
 out=$root/build/sanitize
 python=${PYTHON:-python3}
 
-cmake -S . -B "$out/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTQ_BUILD_LLAMA=OFF -DTQ_INSTALL_INPLACE=OFF \
+cmake -S . -B "$out/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DTQ_BUILD_LLAMA=OFF \
   -DPython_EXECUTABLE="$(command -v "$python")" \
   -DCMAKE_C_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1" "$@"
 cmake --build "$out/cmake" -j2

@@ -1,15 +1,9 @@
 """End to end on the default model and text: llama-perplexity's KL-divergence against an f16 cache.
 
-Bounds come from measurement (SmolLM2-135M Q4_1, Pride and Prejudice, this 2-core machine,
-2026-11-28, tq K caches centred and equalized with the RoPE-aware statistics, README "Centring"):
-ctx 512, 3 chunks gave q8_0 0.0037, q4_0 0.059, tq4 0.031, tq3 0.114, tq2 0.48, tq3 uncentred 0.201;
-ctx 4096, 1 chunk (session 4's statistics, which follow RoPE's turn) gave q4_0 0.059, tq4 0.043,
-tq3 0.132, tq3 uncentred 0.224. Each bound leaves about 1.2-1.5x headroom for run-to-run and build
-differences while still failing a broken codec or a centring that stopped working, at the first
-ubatch or past it. Session 5's statistics (parallel sequences, first token coded exactly) are lower
-still (README, Centring); the last two tests pin those two steps. The values quoted in this file
-are from builds with the least-squares scale; session 6's unbiased scale lowers SmolLM2's KLD
-again (20 chunks: tq3 0.081 -> 0.073, tq4 0.023 -> 0.022) and every bound and ratio here still holds.
+Each bound comes from a measurement (SmolLM2-135M Q4_1, Pride and Prejudice, a 2-core machine, the
+numbers in each test's docstring) with about 1.2-1.5x headroom for run-to-run and build
+differences, while still failing a broken codec or centring that stopped working, at the first
+ubatch or past it. The 20-chunk tables are in docs/results.md.
 """
 from __future__ import annotations
 
@@ -19,9 +13,10 @@ from tq_llamacpp.data import model_path, text_path
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
+# ctx 512, 3 chunks: q8_0 0.0037, tq4 0.027, tq3 0.11, tq2 0.48 (measured with the bounds' headroom)
 BOUNDS = {"q8_0": 0.01, "tq4": 0.05, "tq3": 0.17, "tq2": 0.8}
-# centred tq3 against uncentred: measured 0.57 (ctx 512) and 0.59 (ctx 4096); past the first ubatch
-# tq4 against rotated q4_0: measured 0.73 (ctx 4096)
+# centred tq3 against uncentred: about 0.5 at ctx 512 and 4096; tq4 against rotated q4_0 at ctx
+# 4096: about 0.5
 RATIO512, RATIO4096, TQ4_Q4_0_4096 = 0.75, 0.75, 0.85
 
 
@@ -53,7 +48,7 @@ def test_tq4_beats_rotated_q4_0_with_fewer_bits(results):
 
 
 def test_centring_lowers_tq3_kld(results):
-    """Centring (RoPE-aware means and factors) at ctx 512, where the first ubatch is the whole context."""
+    """Centring (RoPE-aware means and factors) at ctx 512."""
     assert results["tq3"].kld_mean < RATIO512 * results["tq3@off"].kld_mean
 
 
@@ -67,11 +62,10 @@ def results_4096():
 
 
 def test_centring_holds_past_the_first_ubatch(results_4096):
-    """The K statistics are measured on the first ubatch (512 tokens) and must still hold 3500
-    positions later, where RoPE has turned the keys' offsets: measured as is they made tq3 worse
-    than no centring (session 2: 0.37 against 0.23 at 2 chunks), and session 3's real-part weighting
-    left tq4 behind rotated q4_0 (0.072 against 0.060) with tq3 no better than uncentred (0.248
-    against 0.230); README, Centring."""
+    """The statistics are measured on 512 positions and must still hold 3500 positions later, where
+    RoPE has turned the keys' offsets: taken as measured (without RoPE's turn) they made tq3 worse
+    than no centring at ctx 4096, and a mean weighted by the turn's real part alone left tq4 behind
+    rotated q4_0 (docs/method.md, Centring)."""
     r = results_4096
     assert r["tq3"].kld_mean < RATIO4096 * r["tq3@off"].kld_mean
     assert r["tq4"].kld_mean < TQ4_Q4_0_4096 * r["q4_0"].kld_mean
@@ -85,17 +79,16 @@ def test_report_columns(results):
 
 
 def test_statistics_of_parallel_sequences(monkeypatch):
-    """llama-perplexity scores 4 chunks at once, each sequence in its own stream, and its first
-    ubatch then holds 128 tokens of each: positions 0..127 four times, with four BOS sinks. The
-    statistics must treat them as such (each sequence's first token left out, positions 0..127
-    carried over the cache's 512), so that 4 parallel sequences code as well as one sequence whose
-    first ubatch holds its whole 512 positions. Measured without the first-token code word (which
-    hides most of the difference: 0.072 both ways), these 4 chunks: 4 at once 0.088, one at a time
-    (`-b 512`) 0.1005; with the ubatch taken as one sequence of 512 positions (session 4's code)
-    4 at once 0.1005, the same as one at a time."""
+    """The statistics of a ubatch that holds several sequences (the calibration reads four at once;
+    llama-perplexity scores four chunks at once, each sequence in its own stream) treat them as such:
+    each sequence's first token left out, its positions carried over the cache's. Shown with the
+    first-ubatch source (`stats=first`) on the text itself, without the first-token code word
+    (which hides most of the difference): 4 chunks at once 0.088, one at a time (`-b 512`) 0.1005,
+    and taken as one sequence of 512 positions 4 at once gave 0.1005 as well."""
     from tq_llamacpp.compare import compare
 
     monkeypatch.setenv("LLAMA_KV_SINK", "0")
+    monkeypatch.setenv("LLAMA_KV_STATS", "first")
     model, text = model_path("smollm2"), text_path("pride-and-prejudice")
     together = compare(model, text, ["tq3"], ctx=512, chunks=4)[0].kld_mean
     one_by_one = compare(model, text, ["tq3"], ctx=512, chunks=4, extra_args=["-b", "512"])[0].kld_mean
@@ -103,10 +96,10 @@ def test_statistics_of_parallel_sequences(monkeypatch):
 
 
 def test_first_token_coded_exactly(monkeypatch):
-    """The first token of the first ubatch (BOS, an attention sink that most queries weigh heavily)
-    is stored as a code word: the subtracted mean moves by that token's quantization error
-    (README, Centring). Measured (4 chunks): tq3 0.072 with, 0.088 without (LLAMA_KV_SINK=0); tq4
-    0.020 and 0.027."""
+    """The first key of a sequence (an attention sink that most queries weigh heavily) is stored as
+    a code word: the subtracted mean moves by its quantization error (docs/method.md, Centring). With
+    calibrated statistics, 20 chunks: tq3 0.078 with, 0.105 without (LLAMA_KV_SINK=0); tq4 0.024 and
+    0.030."""
     from tq_llamacpp.compare import compare
 
     model, text = model_path("smollm2"), text_path("pride-and-prejudice")

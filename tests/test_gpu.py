@@ -20,10 +20,11 @@ pytestmark = pytest.mark.gpu
 
 TQ_TYPE = r"=tq[234]j?[,)]"
 # op -> (the case filter, the fewest cases it runs on CUDA0, the cases CUDA may leave to the CPU: a
-# tq destination from F16/BF16, which llama.cpp never asks for, since it writes the cache from F32)
+# tq destination from F16/BF16 and a permuted tq -> tq copy, neither of which llama.cpp asks for: it
+# writes the cache from F32 and shifts it through F32)
 CASES = {
     "SET_ROWS": (TQ_TYPE, 50, r"SET_ROWS\(type_src=b?f16,"),
-    "CPY": (TQ_TYPE, 30, r"CPY\(type_src=b?f16,"),
+    "CPY": (TQ_TYPE, 30, r"CPY\(type_src=(b?f16|tq[234]j?),type_dst=tq[234]j?,"),
     "GET_ROWS": (TQ_TYPE, 20, None),
     "FLASH_ATTN_EXT": ("type_[KV]=tq", 200, None),
 }

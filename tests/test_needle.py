@@ -108,19 +108,17 @@ def test_bad_input_fails_before_any_model_runs(nd, smollm2):
 
 
 # one needle in the middle keeps the test to three 8K prefills (CI's 2 cores); `tq-llama needle`
-# reports every depth (README): tq3 misses some keys at depth 0.1 (2 of 4), so only tq4 is held to
-# f16 there (test below)
+# reports every depth (docs/results.md, Passkey retrieval): tq3 misses some keys at depth 0.1, so
+# only tq4 is held to f16 there (test below)
 DEPTHS_8K = [0.5]
 
 
 @pytest.mark.slow
 def test_tq4_and_tq3_retrieve_like_f16_at_8k(nd, smollm2):
     """SmolLM2-135M at its full 8K training context: tq4 and tq3 caches (K and V) find the pass key
-    where an f16 cache does, at depth 0.5. Measured 2026-11-28 on this 2-core machine (depth 0.5, key
-    60494): all three found it (69 s, 61 s, 59 s per prompt). With session 2's centring tq3 did not
-    (answered "green. The sky is blue."); the RoPE-aware statistics fixed it. At depth 0.1 tq3 finds
-    2 of 4 keys with session 6's unbiased scale (0 of 4 before), f16 and tq4 4 of 4 (README, Passkey),
-    so "retrieval unchanged" holds for tq4 only."""
+    where an f16 cache does, at depth 0.5 (key 60494; about 60 s per prompt on 2 cores). Centring
+    statistics taken as measured on a short first ubatch, without RoPE's turn, lose this key ("green.
+    The sky is blue.")."""
     results = {r.type: r for r in nd.run_needle(smollm2, ["f16", "tq4", "tq3"], depths=DEPTHS_8K, trials=1,
                                                 seed=0, progress=True)}
     f16 = results["f16"]
@@ -133,10 +131,8 @@ def test_tq4_and_tq3_retrieve_like_f16_at_8k(nd, smollm2):
 
 @pytest.mark.slow
 def test_tq4_retrieves_like_f16_7400_tokens_back(nd, smollm2):
-    """Depth 0.1 of 8K: the key 7400 tokens before the question, where the 3-bit keys lost it with
-    the least-squares scale (a lower temperature on every key's offset from the mean). tq4 and f16
-    find key 60494 (2026-11-28, this machine, about 60 s per prompt); tq4 found it with the
-    least-squares scale as well, so this pins the 4-bit cache's long-range retrieval, not the fix."""
+    """Depth 0.1 of 8K: key 60494, 7400 tokens before the question. tq4 finds it as f16 does; this
+    pins the 4-bit cache's long-range retrieval (tq3's is measured in docs/results.md)."""
     results = {r.type: r for r in nd.run_needle(smollm2, ["f16", "tq4"], depths=[0.1], trials=1, seed=0,
                                                 progress=True)}
     assert results["f16"].accuracy(0.1) == (1, 1), [x.answer for x in results["f16"].trials]
@@ -152,7 +148,7 @@ def test_needle_command_json(tmp_path):
                            "--trials", "2", "--seed", "5", "--format", "json", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "q8_0/tq3: 4/4 depth 0.2" in proc.stderr  # progress
+    assert "q8_0/tq3: depth 0.2 key" in proc.stderr and "q8_0/tq3: 4/4 prompt" in proc.stderr  # progress
     data = json.loads(out.read_text())
     assert data["meta"]["ctx"] == 1024 and data["meta"]["depths"] == [0.2, 0.8]
     assert [r["type"] for r in data["results"]] == ["f16", "q8_0/tq3"]

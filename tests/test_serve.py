@@ -74,13 +74,11 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def local():
+def local(tq):
     """The same model, cache and settings in this process, with the same RAM state cache."""
-    import llama_cpp
+    from tq_llamacpp.llama import llama_cpp
 
-    from tq_llamacpp import Llama
-
-    llm = Llama(model_path("smollm2"), type_k="tq4", type_v="tq3", verbose=False, **SETTINGS)
+    llm = tq.Llama(model_path("smollm2"), type_k="tq4", type_v="tq3", verbose=False, **SETTINGS)
     llm.set_cache(llama_cpp.LlamaRAMCache())
     yield llm
     llm.close()
@@ -129,9 +127,14 @@ def test_bad_request_is_an_error_not_a_crash(server):
                                  headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=60)
-    assert info.value.code == 422
-    body = json.loads(info.value.read())
-    assert "messages" in json.dumps(body)
+    assert info.value.code == 400
+    error = json.loads(info.value.read())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages", error
+    # the OpenAI client sees its own error type for it
+    from openai import BadRequestError, OpenAI
+
+    with pytest.raises(BadRequestError):
+        OpenAI(base_url=base + "/v1", api_key="unused").chat.completions.create(model="m", messages="nope")
     with urllib.request.urlopen(base + "/v1/models", timeout=10) as r:  # still serving
         assert r.status == 200
 

@@ -13,7 +13,9 @@ none of the depths at its full 8K, with or without its chat template (2026-11-28
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import random
 import re
@@ -192,25 +194,51 @@ def run_order(depths: Sequence[float], trials: int) -> list[tuple[float, int]]:
 # --- running -------------------------------------------------------------------------------------
 
 class Vocab:
-    """The model's tokenizer without its weights or a context (a vocab-only Llama would still create
-    a context, and log a warning about it)."""
+    """The model's tokenizer without its weights or a context (llama.cpp's public C API on a
+    vocab-only model: a vocab-only Llama would still create a context, and log a warning about it)."""
 
     def __init__(self, model_path: Union[str, Path]) -> None:
+        from .errors import LlamaError
         from .llama import llama_cpp  # binds llama_cpp to the patched libraries first
-        from llama_cpp._internals import LlamaModel
 
+        self._c = llama_cpp
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
-        self._model = LlamaModel(path_model=str(model_path), params=params, verbose=False)
+        # llama-cpp-python prints llama.cpp's log through this logger: quiet while the vocabulary loads
+        log = logging.getLogger("llama-cpp-python")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            self._model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+        finally:
+            log.setLevel(level)
+        if not self._model:
+            raise LlamaError(f"llama.cpp cannot read the vocabulary of {model_path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+        raw = text.encode("utf-8")
+        n = len(raw) + 8
+        buf = (self._c.llama_token * n)()
+        got = self._c.llama_tokenize(self._vocab, raw, len(raw), buf, n, add_bos, False)
+        if got < 0:  # the buffer was too small: -got tokens
+            n = -got
+            buf = (self._c.llama_token * n)()
+            got = self._c.llama_tokenize(self._vocab, raw, len(raw), buf, n, add_bos, False)
+        return list(buf[:got])
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._model.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        out = bytearray()
+        piece = ctypes.create_string_buffer(256)
+        for t in tokens:
+            n = self._c.llama_token_to_piece(self._vocab, t, piece, len(piece), 0, False)
+            out += piece.raw[:max(n, 0)]
+        return out.decode("utf-8", errors="replace")
 
     def close(self) -> None:
-        self._model.close()
+        if self._model:
+            self._c.llama_model_free(self._model)
+            self._model = None
 
     def __enter__(self) -> "Vocab":
         return self

@@ -80,11 +80,36 @@ def settings_from_args(args: argparse.Namespace, model_path: str):
 
 
 def create_app(server_settings, model_settings: Optional[list] = None):
-    """llama_cpp.server's FastAPI app, its models built as tq_llamacpp.Llama (see the module doc)."""
+    """llama_cpp.server's FastAPI app, its models built as tq_llamacpp.Llama (see the module doc),
+    and a request body that does not fit the endpoint answered 400 (llama_cpp.server answers 500)."""
     from llama_cpp.server.app import create_app as _create_app  # noqa: PLC0415
 
     llama_cpp.Llama = Llama
-    return _create_app(server_settings=server_settings, model_settings=model_settings)
+    app = _create_app(server_settings=server_settings, model_settings=model_settings)
+    app.middleware("http")(_invalid_request_is_400)
+    return app
+
+
+async def _invalid_request_is_400(request, call_next):
+    """OpenAI's answer to a body that does not validate: 400, type invalid_request_error, the field
+    and the reason; the request never reaches the model."""
+    from llama_cpp.server import types  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+    from starlette.responses import JSONResponse  # noqa: PLC0415
+
+    schema = {"/v1/chat/completions": types.CreateChatCompletionRequest,
+              "/v1/completions": types.CreateCompletionRequest,
+              "/v1/embeddings": types.CreateEmbeddingRequest}.get(request.url.path)
+    if schema is not None and request.method == "POST":
+        body = await request.body()
+        try:
+            schema.model_validate_json(body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(str(x) for x in err.get("loc", ()))
+            return JSONResponse({"error": {"message": f"{param}: {err.get('msg')}", "type": "invalid_request_error",
+                                           "param": param or None, "code": None}}, status_code=400)
+    return await call_next(request)
 
 
 def serve(args: argparse.Namespace, model_path: str) -> int:

@@ -28,6 +28,9 @@
 // carry them to the cache's positions, tq_center_build_stats)
 static constexpr int32_t TQ_CALIB_SEQ_TOKENS = 512;
 static constexpr char    TQ_CALIB_MAGIC[8] = { 'T', 'Q', 'K', 'V', 'C', 'A', 'L', '1' };
+// part of every file's key: raise it when the statistics' algorithm changes, so that files of the
+// old one are not read
+static constexpr int32_t TQ_CALIB_ALGORITHM = 1;
 
 // the centring of each cache of a context's memory (a sliding-window model has two)
 static std::vector<tq_kv_center *> tq_centers(llama_context * ctx) {
@@ -80,8 +83,18 @@ static uint64_t tq_calib_key(const llama_model & model, const std::vector<tq_kv_
         if (!t || !t->buffer) {
             return;
         }
+        f.add(t->type);
+        f.add(t->ne);
         buf.resize(std::min<size_t>(ggml_nbytes(t), 4096));
-        ggml_backend_tensor_get(t, buf.data(), 0, buf.size());
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(t->buffer);
+        ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+        if (ggml_backend_buffer_is_host(t->buffer)) {
+            memcpy(buf.data(), t->data, buf.size());
+        } else if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+            ggml_backend_tensor_get(t, buf.data(), 0, buf.size());
+        } else {
+            return; // a CPU buffer that keeps the weights in a layout of its own (repacked): not readable
+        }
         f.add(buf.data(), buf.size());
     };
     sample(model.tok_embd);
@@ -99,6 +112,7 @@ static uint64_t tq_calib_key(const llama_model & model, const std::vector<tq_kv_
     }
     f.add(n_tokens);
     f.add(TQ_CALIB_SEQ_TOKENS);
+    f.add(TQ_CALIB_ALGORITHM);
     f.add(text.data(), text.size());
     return f.h;
 }

@@ -358,7 +358,8 @@ ggml_tensor * tq_center_sink_mean(ggml_context * ctx, ggml_tensor * x, ggml_tens
     // exactly: its centred, scaled and rotated vector goes through the cache's own quantizer and
     // back, and mu moves by the difference, so that the token's stored vector is a code word,
     // which the quantizer reproduces. Every other vector moves by that same small vector (the
-    // sink's quantization error) and attention stays exact.
+    // sink's quantization error) and attention stays exact. Keys at position 0 are much alike
+    // whatever the token, so a model without BOS gains as well.
     const int64_t n_embd_head = x->ne[0], n_head_kv = x->ne[1];
     ggml_tensor * x0 = ggml_view_3d(ctx, x, n_embd_head, n_head_kv, 1, x->nb[1], x->nb[2], 0);
     ggml_tensor * c  = ggml_sub(ctx, x0, ggml_reshape_3d(ctx, mean, n_embd_head, n_head_kv, 1));
@@ -487,7 +488,7 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     source     = target.active ? tq_stats_source::first_ubatch : o.stats;
     // the positions the cache will hold: its size (or, while calibrating, the real cache's), or for
     // a sliding-window cache (whose positions run past its size) the training context (the
-    // context's own length measured worse on Gemma-3 at ctx 512: tq4 0.046 against 0.040)
+    // context's own length measured worse on Gemma-3: docs/method.md, Centring)
     positions = is_swa_cache ? (float) hparams.n_ctx_train : (float) (target.active ? target.positions : kv_size);
     if (enabled()) {
         LLAMA_LOG_INFO("%s: mean-centred K = %d, V = %d, equalized K = %d, first token coded exactly = %d, statistics: %s\n",
@@ -565,8 +566,8 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
             ggml_build_forward_expand(gf, ggml_cpy(ctx, scale, scl));
         }
         // a QJL type's decoded vector is not a code word of its own quantizer (the residual signs of
-        // the decoded vector differ): there the step would only move mu (SmolLM2 tq3j at ctx 4096:
-        // 0.412 with it against 0.324 without)
+        // the decoded vector differ): there the step would only move mu, which measured worse
+        // (docs/method.md, The first token)
         const ggml_type type = is_k ? l->type_k : l->type_v;
         if (sink_code && type != GGML_TYPE_TQ3J && type != GGML_TYPE_TQ4J) {
             mean = tq_center_sink_mean(ctx, cur, mean, scale, rot, type);
