@@ -13,11 +13,11 @@ from tq_llamacpp.data import model_path, text_path
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-# ctx 512, 3 chunks: q8_0 0.0037, tq4 0.027, tq3 0.11, tq2 0.48 (measured with the bounds' headroom)
-BOUNDS = {"q8_0": 0.01, "tq4": 0.05, "tq3": 0.17, "tq2": 0.8}
-# centred tq3 against uncentred: about 0.5 at ctx 512 and 4096; tq4 against rotated q4_0 at ctx
-# 4096: about 0.5
-RATIO512, RATIO4096, TQ4_Q4_0_4096 = 0.75, 0.75, 0.85
+# ctx 512, 3 chunks (2026-12-02): q8_0 0.0037, tq4 0.017, tq3 0.072, tq2 0.30
+BOUNDS = {"q8_0": 0.006, "tq4": 0.026, "tq3": 0.11, "tq2": 0.45}
+# centred tq3 against uncentred: 0.35 at ctx 512, 0.45 at ctx 4096; tq4 against rotated q4_0 at
+# ctx 4096: 0.52
+RATIO512, RATIO4096, TQ4_Q4_0_4096 = 0.5, 0.65, 0.75
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_tq4_beats_rotated_q4_0_with_fewer_bits(results):
     """Per bit and per value: tq4 (4.25 bits) against rotated q4_0 (4.5 bits); 20-chunk numbers in the README."""
     tq4, q4_0 = results["tq4"], results["q4_0"]
     assert tq4.bits_per_value < q4_0.bits_per_value
-    assert tq4.kld_mean < 0.75 * q4_0.kld_mean
+    assert tq4.kld_mean < 0.45 * q4_0.kld_mean  # measured 0.29
 
 
 def test_centring_lowers_tq3_kld(results):

@@ -29,8 +29,9 @@ def passage(tq, smollm2):
 
 def test_first_eval_of_one_token(tq, smollm2, passage):
     """A program that sends one token first (the BOS alone, or token-by-token) gets the quality of one
-    that sends the whole passage at once: measured 0.0944 both ways on 2 passages, where first-ubatch
-    statistics gave 0.495 (tq3, positions 100-399, benchmarks/first_prompt.py)."""
+    that sends the whole passage at once: 0.0956 both ways over six passages, where first-ubatch
+    statistics gave 0.520 for the one-token split (tq3, positions 100-399, benchmarks/first_prompt.py,
+    docs/results.md)."""
     tokens, base = passage
     llm = tq.Llama(smollm2, type_k="tq3", type_v="tq3", **KW)
     whole, _ = mean_kl(base, log_probs(llm, tokens), 100)
