@@ -25,6 +25,8 @@
 #           scripts/gpu-tree.sh puts there; later steps use the package's test-backend-ops and llama-bench
 #   pytest  tests/test_gpu.py against the installed package (needs "pip"), on a synthetic SmolLM2-shaped
 #           model (the real one is too large to carry)
+#   rpc     a CUDA ggml-rpc-server and a CPU-only client on this host (benchmarks/rpc_bench.py, needs "pip"):
+#           decode tokens/s and bytes per token over the socket, f16 and tq3, next to local CUDA
 #   qk      native/bench/tq_cuda_qk_bench.cu: q.k logits over 32K keys, f32 / f16 / q8_0 / tq4 / tq3
 # Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
@@ -166,6 +168,28 @@ if want pytest && [ "$(left)" -gt 60 ]; then
         --rootdir "$repo" -p no:cacheprovider -v -s -m gpu "$repo/tests/test_gpu.py") >> "$out/pytest.log" 2>&1
     say "pytest -m gpu rc=$?: $(grep -E '^(=+ )?[0-9]+ (passed|failed)|passed|failed' "$out/pytest.log" | tail -1)"
     grep -E 'PASSED|FAILED|SKIPPED|ERROR|rel RMS' "$out/pytest.log" | cut -c1-200 >> "$sum"
+fi
+
+# ---- 5'''. a tq cache on a CUDA ggml-rpc-server, seen from a CPU-only client on the same host ------
+if want rpc && [ "$(left)" -gt 90 ]; then
+    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
+    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/rpc.log" 2>&1
+    $bin/ggml-rpc-server --host 127.0.0.1 --port 50052 >> "$out/rpc-server.log" 2>&1 &
+    rpc_pid=$!
+    sleep 3
+    repo=$PWD
+    # tokens/s and bytes per token through the socket (a client that sees no GPU), then the same
+    # model on the local GPU; from /tmp, so that the installed package is imported
+    (cd /tmp && CUDA_VISIBLE_DEVICES= PYTHONPATH=$repo/.tqdev/site:${PYTHONPATH:-} timeout $(( $(left) - 30 )) python3 \
+        "$repo/benchmarks/rpc_bench.py" --model $m --rpc 127.0.0.1:50052 --no-local --types "${TQ_RPC_TYPES:-f16,tq3}" \
+        --depths "${TQ_RPC_DEPTHS:-0,8192}" --n 32 --json "$out/rpc-remote.json") >> "$out/rpc.log" 2>&1
+    say "rpc_bench (CUDA server, CPU client) rc=$?"
+    (cd /tmp && PYTHONPATH=$repo/.tqdev/site:${PYTHONPATH:-} timeout $(( $(left) - 20 )) python3 \
+        "$repo/benchmarks/rpc_bench.py" --model $m --rpc 127.0.0.1:50052 --no-rpc --types "${TQ_RPC_TYPES:-f16,tq3}" \
+        --depths "${TQ_RPC_DEPTHS:-0,8192}" --n 32 --json "$out/rpc-local.json") >> "$out/rpc.log" 2>&1
+    say "rpc_bench (local CUDA) rc=$?"
+    kill $rpc_pid 2>/dev/null
+    grep '^|' "$out/rpc.log" >> "$sum"
 fi
 
 # ---- 5''. q.k logits over 32K keys per key format ----------------------------------------------

@@ -15,9 +15,9 @@
 #
 # The vendored tree is unpacked into the build directory and patched there; it is unpacked
 # again only when the sdist changes, and re-patched only when a patch or the series changes
-# (stamps under <build>/tq-llama/stamp). Only libllama, libggml*, llama-perplexity, llama-bench
-# and test-backend-ops are built by default; everything goes into the Python package
-# (tq_llamacpp/lib and tq_llamacpp/bin).
+# (stamps under <build>/tq-llama/stamp). Only libllama, libggml* (the RPC backend included),
+# llama-perplexity, llama-bench, test-backend-ops and ggml-rpc-server are built by default;
+# everything goes into the Python package (tq_llamacpp/lib and tq_llamacpp/bin).
 include_guard(GLOBAL)
 
 if(NOT TARGET tq_native)
@@ -297,6 +297,8 @@ function(_tq_add_llama_cpp)
   set(LLAMA_OPENSSL OFF)
   set(LLAMA_TOOLS_INSTALL OFF)
   set(LLAMA_TESTS_INSTALL OFF)
+  # the RPC backend and its server (ggml-rpc-server), so that a tq cache can live on another host
+  set(GGML_RPC ON)
   # the tree has no git history: name the build after the sdist
   set(LLAMA_BUILD_NUMBER 0)
   set(LLAMA_BUILD_COMMIT "llama-cpp-python-${TQ_LLAMA_CPP_PYTHON_VERSION}+tq")
@@ -351,11 +353,11 @@ if(TQ_CUDA)
 endif()
 
 # with BUILD_SHARED_LIBS the tools' libraries (llama-common, the *-impl libraries) are shared too
-set(TQ_LLAMA_LIBS llama ggml ggml-base ggml-cpu llama-common llama-perplexity-impl llama-bench-impl)
+set(TQ_LLAMA_LIBS llama ggml ggml-base ggml-cpu ggml-rpc llama-common llama-perplexity-impl llama-bench-impl)
 if(TQ_CUDA)
   list(APPEND TQ_LLAMA_LIBS ggml-cuda)
 endif()
-set(TQ_LLAMA_BINS llama-perplexity llama-bench test-backend-ops)
+set(TQ_LLAMA_BINS llama-perplexity llama-bench test-backend-ops ggml-rpc-server)
 if(TQ_LLAMA_EXTRA_TOOLS)
   list(APPEND TQ_LLAMA_LIBS llama-completion-impl)
   list(APPEND TQ_LLAMA_BINS llama-completion)

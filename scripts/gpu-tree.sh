@@ -3,7 +3,7 @@
 # (which has no network, and takes at most 64 MiB of working tree): the vendored llama.cpp of the
 # pinned sdist (patches/series), patched with every patch in the series, without docs, models
 # (except the Llama-3 vocab the synthetic benchmark model borrows), the web UI, examples and the
-# backends other than CPU and CUDA. Written to .tqdev/llama.cpp (ignored via .git/info/exclude).
+# backends other than CPU, CUDA and RPC. Written to .tqdev/llama.cpp (ignored via .git/info/exclude).
 #   scripts/gpu-tree.sh [SDIST_OR_UNPACKED_VENDOR_DIR]
 # default source: ~/.cache/tq-llamacpp/llama_cpp_python-<version>.tar.gz (the one CMake fetches)
 set -euo pipefail
@@ -32,7 +32,7 @@ find "$out/models" -type f ! -name 'ggml-vocab-llama-bpe.gguf' -delete
 rm -rf "$out/docs" "$out/media" "$out/tools/ui" "$out/examples" "$out/app" "$out/benches" "$out/pocs" \
        "$out/.devops" "$out/.github" "$out/ci"
 for b in "$out"/ggml/src/ggml-*/; do
-    case $(basename "$b") in ggml-cpu|ggml-cuda) ;; *) [ -f "$b/CMakeLists.txt" ] && rm -rf "$b" ;; esac
+    case $(basename "$b") in ggml-cpu|ggml-cuda|ggml-rpc) ;; *) [ -f "$b/CMakeLists.txt" ] && rm -rf "$b" ;; esac
 done
 # CMake wants these directories to exist (add_subdirectory behind options that stay off)
 mkdir -p "$out/examples" "$out/pocs" "$out/app"

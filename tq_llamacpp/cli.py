@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -173,6 +174,31 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args, str(_resolve_model(args.model)))
 
 
+def _rpc_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-H", "--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; 0.0.0.0 for other hosts: the protocol has no "
+                        "authentication, so only on a network you trust)")
+    p.add_argument("-p", "--port", type=int, default=50052, help="port (default: 50052)")
+    p.add_argument("-t", "--threads", type=int, help="threads for the CPU device (default: ggml-rpc-server's)")
+    p.add_argument("-d", "--device", help="comma-separated devices to serve, e.g. CUDA0 (default: all)")
+    p.add_argument("-c", "--cache", action="store_true", help="keep received weights in a local file cache")
+
+
+def _rpc_server(args: argparse.Namespace) -> int:
+    from .rpc import server_binary
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a port number")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give at least 1")
+    cmd = [str(server_binary()), "--host", args.host, "--port", str(args.port)]
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--device", args.device] if args.device else []
+    cmd += ["--cache"] if args.cache else []
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+
+
 # name -> (help, add_arguments, run)
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("version, CPU instruction sets and cache types", lambda p: None, _info),
@@ -182,6 +208,8 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     "needle": ("passkey retrieval: a random pass key hidden at several depths of a full context, per cache type",
                _needle_args, _needle),
     "serve": ("an OpenAI-compatible server (llama-cpp-python's) with a compressed KV cache", _serve_args, _serve),
+    "rpc-server": ("llama.cpp's RPC server (ggml-rpc-server) with the tq cache types, for rpc_servers / --rpc",
+                   _rpc_server_args, _rpc_server),
 }
 
 

@@ -4,7 +4,8 @@ Every error the package raises is a TqError, and also the builtin that fits, so 
 keeps working: bad values (lengths, sizes, type names, NaN) are TqValueError, wrong Python or NumPy
 types TqTypeError, an instruction set this CPU or build lacks TqIsaError, a file that is not a
 usable GGUF model GGUFError, a model, text or source archive that cannot be fetched FetchError, the
-patched llama.cpp build missing LibraryNotFound, and llama.cpp refusing a request LlamaError.
+patched llama.cpp build missing LibraryNotFound, llama.cpp refusing a request LlamaError, and an
+RPC server that cannot be reached or lacks the tq types RpcError.
 
 This module imports nothing of the package: the fetcher (_registry.py) uses it at build time,
 before the C extension exists.
@@ -47,6 +48,11 @@ class LibraryNotFound(TqError, ImportError):
 class LlamaError(TqError, RuntimeError):
     """llama.cpp refused a request (e.g. a saved state that does not fit this cache); the message
     carries llama.cpp's own reason."""
+
+
+class RpcError(TqError, ConnectionError):
+    """An RPC server (rpc_servers) cannot be reached, speaks another protocol version, or lacks
+    the tq cache types."""
 
 
 def check(status: int, context: str = "") -> None:

@@ -86,11 +86,18 @@ _capture = threading.local()
 _WARN_OR_ERROR = (3, 4)
 
 
+# the capture lists open on any thread: an error logged on a thread of llama.cpp's own (the RPC
+# backend's connection thread) goes to each of them
+_open_captures: list = []
+
+
 @llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    lines = getattr(_capture, "lines", None)
-    if lines is not None and level in _WARN_OR_ERROR:
-        lines.append(text.decode("utf-8", errors="replace").strip())
+    if level in _WARN_OR_ERROR:
+        line = text.decode("utf-8", errors="replace").strip()
+        lines = getattr(_capture, "lines", None)
+        for target in [lines] if lines is not None else list(_open_captures):
+            target.append(line)
     _llama_cpp_logger.llama_log_callback(level, text, user_data)  # llama-cpp-python's own printing, as before
 
 
@@ -101,16 +108,22 @@ llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 def llama_reasons() -> Iterator[list]:
     """The warnings and errors llama.cpp logs on this thread inside the block."""
     saved = getattr(_capture, "lines", None)
-    _capture.lines = []
+    lines: list = []
+    _capture.lines = lines
+    _open_captures.append(lines)
     try:
-        yield _capture.lines
+        yield lines
     finally:
         _capture.lines = saved
+        _open_captures.remove(lines)
 
 
 def _with_reason(exc: Exception, lines: list, what: str) -> LlamaError:
     reasons = [ln for ln in lines if ln]
-    return LlamaError(f"{what}: " + ("; ".join(reasons[-3:]) if reasons else str(exc)))
+    # a lost RPC server is the cause of whatever follows it; otherwise the last lines say most
+    cause = [ln for ln in reasons if ln.startswith("RPC server ")][:1]
+    reasons = cause + [ln for ln in reasons if ln not in cause][-(3 - len(cause)):]
+    return LlamaError(f"{what}: " + ("; ".join(reasons) if reasons else str(exc)))
 
 
 # ---- checks before llama.cpp -----------------------------------------------------------------------
@@ -150,11 +163,16 @@ class Llama(llama_cpp.Llama):
     False / "off". kv_options: the other KV-cache options, "key=value,..." or a dict
     (native/llama/tq-llama.h: equalize, sink, stats, calib_dir), e.g. {"stats": "first"}. The
     centring statistics are the model's, calibrated once and kept under TQ_CACHE_DIR/kv-calib.
+
+    rpc_servers: "host:port,..." (or a list) of ggml-rpc-server hosts (`tq-llama rpc-server`): the
+    layers, their KV cache and every op on them run there (docs/rpc.md). n_gpu_layers then
+    defaults to -1 (all layers on the servers, then on this machine's GPUs).
     """
 
     def __init__(self, model_path: Union[str, Path], *, type_k: TypeArg = None, type_v: TypeArg = None,
                  flash_attn: Optional[bool] = None, kv_center: Union[None, bool, str] = None,
-                 kv_options: Union[None, str, dict] = None, **kwargs: Any) -> None:
+                 kv_options: Union[None, str, dict] = None, rpc_servers: Union[None, str, list] = None,
+                 **kwargs: Any) -> None:
         options = kv_options_string(kv_center, kv_options)
         if "calib_dir=" not in options:
             from .data import cache_dir  # noqa: PLC0415
@@ -168,11 +186,43 @@ class Llama(llama_cpp.Llama):
             why = f"a quantized V cache ({v.name})" if v.quantized else f"the {k.name} K cache"
             raise TqValueError(f"{why} needs flash attention: pass flash_attn=True or leave flash_attn unset")
         self.cache_type_k, self.cache_type_v = k, v
+        self.rpc_servers = None
+        if rpc_servers is not None:
+            from . import rpc  # noqa: PLC0415
+
+            self.rpc_servers = rpc.parse_endpoints(rpc_servers)
+            kwargs.setdefault("n_gpu_layers", -1)
+            if kwargs["n_gpu_layers"] == 0:
+                raise TqValueError("rpc_servers with n_gpu_layers=0 would put no layer on the servers: "
+                                   "leave n_gpu_layers unset (all layers) or give a count")
+            self._rpc_devices = rpc.devices(self.rpc_servers)
         with thread_kv_options(options), llama_reasons() as lines:
             try:
                 super().__init__(str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn, **kwargs)
             except ValueError as exc:  # llama-cpp-python: "Failed to load model from file" / "... create llama_context"
                 raise _with_reason(exc, lines, f"llama.cpp refused {Path(model_path).name}") from exc
+
+    @property
+    def model_params(self):
+        return self.__dict__["model_params"]
+
+    @model_params.setter
+    def model_params(self, params) -> None:
+        # llama_cpp.Llama.__init__ makes its llama_model_params and loads the model in one call;
+        # the device list (the RPC servers') goes in as it is assigned
+        devices = self.__dict__.get("_rpc_devices")
+        if devices is not None:
+            params.devices = ctypes.cast(devices, ctypes.c_void_p)
+        self.__dict__["model_params"] = params
+
+    def eval(self, tokens) -> None:
+        """As llama_cpp.Llama.eval; a batch llama.cpp cannot evaluate raises LlamaError with its
+        reason (e.g. an RPC server that went away)."""
+        with llama_reasons() as lines:
+            try:
+                super().eval(tokens)
+            except RuntimeError as exc:
+                raise _with_reason(exc, lines, "llama.cpp could not evaluate the batch") from exc
 
     def load_state(self, state) -> None:
         """As llama_cpp.Llama.load_state; a state that does not fit this cache raises LlamaError

@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if name in _OURS:
             continue
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        flags += ["--rpc"] if name == "rpc_servers" else []  # llama.cpp's tools spell it so
         help_text = field.description or ""
         if not field.is_required() and field.default is not None:
             help_text += f" (default: {field.default})"
@@ -73,6 +74,11 @@ def settings_from_args(args: argparse.Namespace, model_path: str):
     if needs_fa and not flash_attn:
         raise ValueError(f"the {k.name}/{v.name} cache needs flash attention: drop --flash-attn false")
     values = {n: x for n, x in vars(args).items() if x is not None and n not in _OURS}
+    if values.get("rpc_servers") is not None:
+        from .rpc import check_servers, parse_endpoints  # noqa: PLC0415
+
+        check_servers(parse_endpoints(values["rpc_servers"]))
+        values.setdefault("n_gpu_layers", -1)  # as Llama(rpc_servers=...): every layer on the servers
     values.update(model=str(model_path), type_k=k.ggml_id, type_v=v.ggml_id, flash_attn=flash_attn)
     server = ServerSettings(**{n: x for n, x in values.items() if n in ServerSettings.model_fields})
     model = ModelSettings(**{n: x for n, x in values.items() if n in ModelSettings.model_fields})
