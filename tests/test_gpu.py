@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from functools import lru_cache
 
 import pytest
@@ -115,7 +116,8 @@ def _logits(model: str, type_k: str, type_v: str, gpu: bool):
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run([sys.executable, "-c", _LOGITS, model, type_k, type_v, "-1" if gpu else "0"],
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tempfile.gettempdir())  # not the checkout, which `-c` puts first on sys.path
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.array(json.loads(proc.stdout.strip().splitlines()[-1])), proc.stderr
 

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -79,9 +80,15 @@ elif mode == "gone":  # the server is killed between two evals
 """
 
 
+# the subprocesses run elsewhere than the checkout: `python -c` and `-m` put the working directory
+# first on sys.path, where the checkout's tq_llamacpp (without its built parts) would shadow the
+# installed one
+_CWD = tempfile.gettempdir()
+
+
 def _client(model, type_k, type_v, rpc, mode, path="", timeout=600):
     proc = subprocess.run([sys.executable, "-c", _CLIENT, str(model), type_k, type_v, rpc, mode, str(path)],
-                          input=_TEXT + "\n", capture_output=True, text=True, timeout=timeout)
+                          input=_TEXT + "\n", capture_output=True, text=True, timeout=timeout, cwd=_CWD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -99,7 +106,8 @@ class RpcServer:
         self.port = _free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "tq_llamacpp.cli", "rpc-server", "--port", str(self.port),
-                                      "--threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                      "--threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     cwd=_CWD)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -180,7 +188,8 @@ def test_server_gone_mid_run_is_an_error(smollm2, server):
     """The server dies between two evals: the client's next eval raises LlamaError naming the lost
     connection, within seconds, and the process lives on."""
     proc = subprocess.Popen([sys.executable, "-c", _CLIENT, str(smollm2), "tq3", "tq3", server.endpoint, "gone", ""],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=_CWD)
     try:
         proc.stdin.write(_TEXT + "\n")
         proc.stdin.flush()
