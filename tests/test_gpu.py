@@ -5,17 +5,14 @@ running fully offloaded from Python. Skipped without a CUDA build and device; CI
 machine runs them (benchmarks/gpu_bench.sh runs the same test-backend-ops checks)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import sys
-import tempfile
 from functools import lru_cache
 
 import pytest
 
-from conftest import backend_ops, backend_ops_test
+from conftest import backend_ops, backend_ops_test, llama_logits, rel_rms
 
 pytestmark = pytest.mark.gpu
 
@@ -76,28 +73,6 @@ def test_graph_ops_stay_on_gpu(op):
     assert "NOT SUPPORTED" not in out, [line for line in out.splitlines() if "NOT SUPPORTED" in line][:10]
 
 
-# Logits of a prompt (prefill) and of 4 single tokens after it (decode) in a subprocess: on the GPU
-# with every layer offloaded, or on the CPU alone (CUDA_VISIBLE_DEVICES empty, so that no op is
-# offloaded either). Prints the log llama.cpp wrote, then the logits as JSON.
-_LOGITS = r"""
-import json, sys
-import numpy as np
-import tq_llamacpp
-model, type_k, type_v, ngl = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-llm = tq_llamacpp.Llama(model, n_gpu_layers=ngl, type_k=type_k, type_v=type_v, n_ctx=512, n_batch=512,
-                        logits_all=True, seed=7, verbose=True)
-toks = llm.tokenize(b"It is a truth universally acknowledged, that a single man in possession of a good "
-                    b"fortune, must be in want of a wife. However little known the feelings or views of such a man "
-                    b"may be on his first entering a neighbourhood, this truth is so well fixed in the minds")
-llm.eval(toks)
-for t in (11, 22, 33, 44):
-    llm.eval([t])
-rows = [len(toks) - 1] + [len(toks) + i for i in range(4)]
-sys.stderr.flush()
-print(json.dumps(np.asarray(llm.scores)[rows].tolist()))
-"""
-
-
 def _gpu_test_model() -> str:
     # a GGUF of any llama-architecture model (gpu_bench.sh makes a synthetic SmolLM2-shaped one:
     # the real models do not fit the GPU machine's 64 MiB of carried files), else SmolLM2
@@ -110,16 +85,12 @@ def _gpu_test_model() -> str:
 
 
 def _logits(model: str, type_k: str, type_v: str, gpu: bool):
-    import numpy as np
-
+    # on the GPU with every layer offloaded, or on the CPU alone (no device visible, so that no op is
+    # offloaded either)
     env = dict(os.environ)
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run([sys.executable, "-c", _LOGITS, model, type_k, type_v, "-1" if gpu else "0"],
-                          capture_output=True, text=True, timeout=600, env=env,
-                          cwd=tempfile.gettempdir())  # not the checkout, which `-c` puts first on sys.path
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.array(json.loads(proc.stdout.strip().splitlines()[-1])), proc.stderr
+    return llama_logits(model, type_k, type_v, env=env, n_gpu_layers=-1 if gpu else 0)
 
 
 def _splits(log: str) -> str:
@@ -145,8 +116,7 @@ def test_llama_fully_offloaded(types):
     assert np.isfinite(gpu).all() and np.isfinite(cpu).all()
     # GPU vs CPU, same cache type: a code can differ where float rounding moves a value across a
     # decision boundary, so the two differ, but by far less than the cache differs from f16
-    rel = np.sqrt(np.mean((gpu - cpu) ** 2) / np.mean(cpu ** 2))
-    rel16 = np.sqrt(np.mean((gpu - ref16) ** 2) / np.mean(ref16 ** 2))
+    rel, rel16 = rel_rms(gpu, cpu), rel_rms(gpu, ref16)
     print(f"{types}: logits GPU vs CPU rel RMS {rel:.2e}; vs an f16 cache on the GPU {rel16:.2e}")
     assert rel < max(0.3 * rel16, 2e-3), (rel, rel16)
     assert (gpu.argmax(axis=1) == cpu.argmax(axis=1)).mean() >= 0.8

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from conftest import llama_logits, rel_rms
+
 pytestmark = pytest.mark.model
 
 _TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
@@ -20,7 +22,8 @@ _TEXT = ("It is a truth universally acknowledged, that a single man in possessio
          "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is "
          "considered the rightful property of some one or other of their daughters.")
 
-# one client; argv: model, type_k, type_v, rpc servers ("" = local), mode, file
+# one client per mode (save, load, traffic, gone); argv: model, type_k, type_v, rpc servers ("" = local),
+# mode, file
 _CLIENT = r"""
 import json, pickle, sys
 import numpy as np
@@ -31,16 +34,9 @@ model, type_k, type_v, rpc, mode, path = sys.argv[1:7]
 relay = tq_llamacpp.rpc.CountingRelay(rpc) if mode == "traffic" else None
 kw = dict(rpc_servers=relay.endpoint if relay else rpc) if rpc else {}
 llm = tq_llamacpp.Llama(model, type_k=type_k, type_v=type_v, n_ctx=1024, n_batch=512, logits_all=True, seed=7,
-                        verbose=mode == "logits", **kw)
+                        verbose=False, **kw)
 toks = llm.tokenize(sys.stdin.readline().strip().encode())
-if mode == "logits":
-    llm.eval(toks)
-    for t in (11, 22, 33, 44):
-        llm.eval([t])
-    rows = [len(toks) - 1] + [len(toks) + i for i in range(4)]
-    sys.stderr.flush()
-    print(json.dumps(np.asarray(llm.scores)[rows].tolist()))
-elif mode == "save":  # the state after the text, then the logits of two more tokens
+if mode == "save":  # the state after the text, then the logits of two more tokens
     llm.eval(toks)
     state = llm.save_state()
     pickle.dump(state, open(path, "wb"))
@@ -131,26 +127,17 @@ def server():
     s.stop()
 
 
-def _rel(a, b):
-    import numpy as np
-
-    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2)))
-
-
 @pytest.mark.parametrize("types", [("tq3", "tq3"), ("tq4", "tq3")])
 def test_logits_over_rpc_match_local(smollm2, server, types):
     """Every layer and its tq cache on the server: the cache allocated there (RPC0 KV buffer) and none
     here, and logits as the same cache gives locally, within the GPU-vs-CPU test's bound (a code can
     differ where float rounding moves a value across a decision boundary)."""
-    import numpy as np
-
-    ref16, _ = _client(smollm2, "f16", "f16", "", "logits")
-    local, _ = _client(smollm2, *types, "", "logits")
-    remote, log = _client(smollm2, *types, server.endpoint, "logits")
+    ref16, _ = llama_logits(smollm2, "f16", "f16")
+    local, _ = llama_logits(smollm2, *types)
+    remote, log = llama_logits(smollm2, *types, rpc_servers=server.endpoint)
     assert re.search(r"RPC0\[127\.0\.0\.1:\d+\] KV buffer size", log), log[-2000:]
     assert "CPU KV buffer size" not in log, log[-2000:]
-    local, remote, ref16 = (np.array(x) for x in (local, remote, ref16))
-    rel, rel16 = _rel(remote, local), _rel(local, ref16)
+    rel, rel16 = rel_rms(remote, local), rel_rms(local, ref16)
     print(f"{types}: logits RPC vs local rel RMS {rel:.2e}; local vs an f16 cache {rel16:.2e}")
     assert rel < max(0.3 * rel16, 2e-3), (rel, rel16)
     assert (remote.argmax(axis=1) == local.argmax(axis=1)).mean() >= 0.8
@@ -166,7 +153,7 @@ def test_state_saved_over_rpc_loads_there_and_here(smollm2, server, tmp_path):
     after, again = np.array(saved["after"]), np.array(saved["again"])
     assert np.array_equal(after, again)
     loaded, _ = _client(smollm2, "tq3", "tq3", "", "load", path)
-    assert _rel(np.array(loaded["after"]), after) < 2e-3
+    assert rel_rms(np.array(loaded["after"]), after) < 2e-3
 
 
 def test_the_cache_stays_on_the_server(smollm2, server):
