@@ -39,6 +39,35 @@ TQ_GGML_DECLARE(tq4j)
 
 #undef TQ_GGML_DECLARE
 
+/* Flash attention over tq K and V rows for a few query rows that share them (decode and small
+ * batches; ggml-cpu's one-chunk path): the codes are decoded once per key for every row, with an
+ * online softmax per row. For key j (0 <= j < n_kv) and row r:
+ *   s = scale * <q[r], k_j>; s = softcap * tanh(s) if softcap != 0; s += slope[r] * mask[r][j]
+ * (mask fp16, NULL for none; a key at -inf is skipped), then M[r], S[r] and acc[r] are updated
+ * as ggml's loop does: acc[r] = sum_j exp(s_j - M[r]) * v_j, S[r] = sum_j exp(s_j - M[r]).
+ * M, S and acc carry over between calls (start: -inf, 0, zeros), so a caller may split the keys. */
+#define TQ_ATTN_MAX_ROWS 16
+#define TQ_ATTN_MAX_DIM 512
+
+typedef struct {
+    int k_type, v_type;           /* tq_type of the K rows and of the V rows */
+    int dk, dv;                   /* head sizes: multiples of TQ_BLOCK, <= TQ_ATTN_MAX_DIM */
+    int n_rows;                   /* query rows, 1..TQ_ATTN_MAX_ROWS */
+    const float *q[TQ_ATTN_MAX_ROWS];        /* dk floats each (already rotated, not scaled) */
+    const uint16_t *mask[TQ_ATTN_MAX_ROWS];  /* n_kv fp16 values each, or NULL */
+    float slope[TQ_ATTN_MAX_ROWS];
+    const void *k, *v;            /* key 0's K row and V row */
+    size_t k_stride, v_stride;    /* bytes from one key's row to the next */
+    int64_t n_kv;
+    float scale, softcap;
+    float *M, *S;                 /* [n_rows] */
+    float *acc;                   /* [n_rows][dv] */
+} tq_attn_args;
+
+/* TQ_ERR_NULL, TQ_ERR_TYPE or TQ_ERR_LENGTH (a head size, n_rows or n_kv out of range) before
+ * touching anything; TQ_OK after the update. */
+TQ_API tq_status tq_ggml_attn_f32(const tq_attn_args *args);
+
 #ifdef __cplusplus
 }
 #endif

@@ -205,3 +205,16 @@ TQ_GGML_DEFINE(tq3, TQ_TYPE_TQ3)
 TQ_GGML_DEFINE(tq4, TQ_TYPE_TQ4)
 TQ_GGML_DEFINE(tq3j, TQ_TYPE_TQ3J)
 TQ_GGML_DEFINE(tq4j, TQ_TYPE_TQ4J)
+
+tq_status tq_ggml_attn_f32(const tq_attn_args *a) {
+    if (!a || !a->k || !a->v || !a->M || !a->S || !a->acc) return TQ_ERR_NULL;
+    if (a->k_type < 0 || a->k_type >= TQ_TYPE_COUNT || a->v_type < 0 || a->v_type >= TQ_TYPE_COUNT)
+        return TQ_ERR_TYPE;
+    if (a->dk <= 0 || a->dk % TQ_BLOCK || a->dk > TQ_ATTN_MAX_DIM || a->dv <= 0 || a->dv % TQ_BLOCK ||
+        a->dv > TQ_ATTN_MAX_DIM || a->n_rows < 1 || a->n_rows > TQ_ATTN_MAX_ROWS || a->n_kv < 0)
+        return TQ_ERR_LENGTH;
+    for (int r = 0; r < a->n_rows; r++)
+        if (!a->q[r]) return TQ_ERR_NULL;
+    tq_active_kernels()->attn(a);
+    return TQ_OK;
+}

@@ -265,6 +265,54 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return hsum(acc);
 }
 
+/* ---- attention (tq_attn.h) ---- */
+
+static inline void attn_decode(int type, const void *row, float *out, int n) {
+    switch (type) {
+    case TQ_TYPE_TQ2: dequantize_tq2(row, out, (size_t)n / TQ_BLOCK); break;
+    case TQ_TYPE_TQ3: dequantize_tq3(row, out, (size_t)n / TQ_BLOCK); break;
+    case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); break;
+    default: tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
+    }
+}
+
+static inline float attn_dot(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    return hsum(_mm256_add_ps(s0, s1));
+}
+
+static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
+    for (int i = 0; i < n; i += 32) {
+        __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);
+        __m256 a2 = _mm256_loadu_ps(acc + i + 16), a3 = _mm256_loadu_ps(acc + i + 24);
+        for (int j = 0; j < nt; j++) {
+            if (p[j] == 0.0f) continue;
+            const __m256 w = _mm256_set1_ps(p[j]);
+            const float *x = rows + (size_t)j * n + i;
+            a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x), a0);
+            a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8), a1);
+            a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 16), a2);
+            a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 24), a3);
+        }
+        _mm256_storeu_ps(acc + i, a0);
+        _mm256_storeu_ps(acc + i + 8, a1);
+        _mm256_storeu_ps(acc + i + 16, a2);
+        _mm256_storeu_ps(acc + i + 24, a3);
+    }
+}
+
+static inline void attn_scale(float *acc, float s, int n) {
+    const __m256 m = _mm256_set1_ps(s);
+    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(acc + i, _mm256_mul_ps(m, _mm256_loadu_ps(acc + i)));
+}
+
+#define TQ_ATTN_NAME attn_avx2
+#include "tq_attn.h"
+
 void tq_kernels_avx2(tq_kernels *k) {
     k->quantize[TQ_TYPE_TQ2] = quantize_tq2;
     k->quantize[TQ_TYPE_TQ3] = quantize_tq3;
@@ -275,6 +323,7 @@ void tq_kernels_avx2(tq_kernels *k) {
     k->dot[TQ_TYPE_TQ2] = dot_tq2;
     k->dot[TQ_TYPE_TQ3] = dot_tq3;
     k->dot[TQ_TYPE_TQ4] = dot_tq4;
+    k->attn = attn_avx2;
 }
 
 #endif

@@ -28,13 +28,11 @@ static inline float fold16(__m512 s) {
     return _mm_cvtss_f32(s1);
 }
 
-/* 16 floats: the b-bit codebook repeated (cb[i mod 2^b]). */
-static inline __m512 codebook_table(int bits) {
-    const float *cb = tq_codebook_for(bits);
-    float t[16];
-    for (int i = 0; i < 16; i++) t[i] = cb[i & ((1 << bits) - 1)];
-    return _mm512_loadu_ps(t);
-}
+/* 16 floats: the b-bit codebook repeated (cb[i mod 2^b]); filled once by tq_kernels_avx512, so
+ * that a one-block row (a head of 64) does not rebuild it per call. */
+static float g_codebook_table[5][16] __attribute__((aligned(64)));
+
+static inline __m512 codebook_table(int bits) { return _mm512_load_ps(g_codebook_table[bits]); }
 
 /* 16 floats: the 2^b - 1 decision boundaries, then +inf (never read, see codes16). */
 static inline __m512 bounds_table(int bits) {
@@ -268,7 +266,59 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return _mm512_reduce_add_ps(acc);
 }
 
+/* ---- attention (tq_attn.h) ---- */
+
+static inline void attn_decode(int type, const void *row, float *out, int n) {
+    switch (type) {
+    case TQ_TYPE_TQ2: dequantize_tq2(row, out, (size_t)n / TQ_BLOCK); break;
+    case TQ_TYPE_TQ3: dequantize_tq3(row, out, (size_t)n / TQ_BLOCK); break;
+    case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); break;
+    default: tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
+    }
+}
+
+static inline float attn_dot(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
+    for (int i = 0; i < n; i += TQ_BLOCK) {
+        __m512 a0 = _mm512_loadu_ps(acc + i), a1 = _mm512_loadu_ps(acc + i + 16);
+        __m512 a2 = _mm512_loadu_ps(acc + i + 32), a3 = _mm512_loadu_ps(acc + i + 48);
+        for (int j = 0; j < nt; j++) {
+            if (p[j] == 0.0f) continue;
+            const __m512 w = _mm512_set1_ps(p[j]);
+            const float *x = rows + (size_t)j * n + i;
+            a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x), a0);
+            a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 16), a1);
+            a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 32), a2);
+            a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 48), a3);
+        }
+        _mm512_storeu_ps(acc + i, a0);
+        _mm512_storeu_ps(acc + i + 16, a1);
+        _mm512_storeu_ps(acc + i + 32, a2);
+        _mm512_storeu_ps(acc + i + 48, a3);
+    }
+}
+
+static inline void attn_scale(float *acc, float s, int n) {
+    const __m512 m = _mm512_set1_ps(s);
+    for (int i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_mul_ps(m, _mm512_loadu_ps(acc + i)));
+}
+
+#define TQ_ATTN_NAME attn_avx512
+#include "tq_attn.h"
+
 void tq_kernels_avx512(tq_kernels *k) {
+    for (int bits = 2; bits <= 4; bits++) {
+        const float *cb = tq_codebook_for(bits);
+        for (int i = 0; i < 16; i++) g_codebook_table[bits][i] = cb[i & ((1 << bits) - 1)];
+    }
     k->quantize[TQ_TYPE_TQ2] = quantize_tq2;
     k->quantize[TQ_TYPE_TQ3] = quantize_tq3;
     k->quantize[TQ_TYPE_TQ4] = quantize_tq4;
@@ -278,6 +328,7 @@ void tq_kernels_avx512(tq_kernels *k) {
     k->dot[TQ_TYPE_TQ2] = dot_tq2;
     k->dot[TQ_TYPE_TQ3] = dot_tq3;
     k->dot[TQ_TYPE_TQ4] = dot_tq4;
+    k->attn = attn_avx512;
 }
 
 #endif

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "turboquant.h"
+#include "tq-ggml.h" /* tq_attn_args */
 #include "tq-math.h" /* fp16 conversions, canonical sums, scale decisions, block codecs (shared with CUDA) */
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
@@ -36,11 +37,13 @@
 typedef void (*tq_quantize_fn)(const float *x, void *y, size_t nb);
 typedef void (*tq_dequantize_fn)(const void *y, float *x, size_t nb);
 typedef float (*tq_dot_fn)(const float *q, const void *y, size_t nb);
+typedef void (*tq_attn_fn)(const tq_attn_args *a); /* tq_ggml_attn_f32, arguments checked */
 
 typedef struct {
     tq_quantize_fn quantize[TQ_TYPE_COUNT];
     tq_dequantize_fn dequantize[TQ_TYPE_COUNT];
     tq_dot_fn dot[TQ_TYPE_COUNT];
+    tq_attn_fn attn;
 } tq_kernels;
 
 /* Each ISA file overwrites the entries it implements; the rest stay from the level below. */

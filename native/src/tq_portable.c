@@ -107,6 +107,35 @@ TQ_PORTABLE_DOT(tq4, TQ_TYPE_TQ4)
 TQ_PORTABLE_DOT(tq3j, TQ_TYPE_TQ3J)
 TQ_PORTABLE_DOT(tq4j, TQ_TYPE_TQ4J)
 
+/* ---- attention (tq_attn.h) ---- */
+
+/* The active table's decoder: the portable one when the portable ISA is forced, NEON's on AArch64
+ * (which has no attention kernel of its own). */
+static inline void attn_decode(int type, const void *row, float *out, int n) {
+    tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
+}
+
+static inline float attn_dot(const float *a, const float *b, int n) {
+    float s[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n; i += 4)
+        for (int l = 0; l < 4; l++) s[l] += a[i + l] * b[i + l];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
+    for (int j = 0; j < nt; j++) {
+        if (p[j] == 0.0f) continue;
+        for (int i = 0; i < n; i++) acc[i] += p[j] * rows[(size_t)j * n + i];
+    }
+}
+
+static inline void attn_scale(float *acc, float s, int n) {
+    for (int i = 0; i < n; i++) acc[i] *= s;
+}
+
+#define TQ_ATTN_NAME attn_portable
+#include "tq_attn.h"
+
 void tq_kernels_portable(tq_kernels *k) {
     static const tq_quantize_fn q[TQ_TYPE_COUNT] = {quantize_tq2, quantize_tq3, quantize_tq4, quantize_tq3j,
                                                     quantize_tq4j};
@@ -116,4 +145,5 @@ void tq_kernels_portable(tq_kernels *k) {
     memcpy(k->quantize, q, sizeof q);
     memcpy(k->dequantize, d, sizeof d);
     memcpy(k->dot, v, sizeof v);
+    k->attn = attn_portable;
 }

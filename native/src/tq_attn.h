@@ -1,0 +1,82 @@
+/* The flash-attention loop over tq K/V rows (tq_ggml_attn_f32), written once and instantiated by
+ * each ISA file, which defines before including it:
+ *   TQ_ATTN_NAME                         the kernel's name
+ *   attn_decode(type, row, out, n)       n values (n % TQ_BLOCK == 0) of one coded row to f32
+ *   attn_dot(a, b, n)                    sum of a[i] * b[i]
+ *   attn_accum(acc, p, rows, nt, n)      acc[i] += sum_j<nt p[j] * rows[j * n + i], skipping every
+ *                                        j with p[j] == 0 (a masked key: its row may not be decoded)
+ *   attn_scale(acc, s, n)                acc[i] *= s
+ * Keys go TQ_ATTN_TILE at a time: the tile's K rows are decoded once and scored by every query
+ * row, each row's softmax weights found with one rescale per tile (not one per key), then the
+ * tile's V rows decoded once and accumulated into every row. A key that every row masks out
+ * (-inf) is not decoded. Per-row work is f32 arithmetic on decoded rows held in L1. */
+
+#define TQ_ATTN_TILE 16
+
+static void TQ_ATTN_NAME(const tq_attn_args *a) {
+    /* decoded K and V rows of one tile; for head sizes above 128 fewer keys fit per tile */
+    float kt[TQ_ATTN_TILE * 128] __attribute__((aligned(64)));
+    float vt[TQ_ATTN_TILE * 128] __attribute__((aligned(64)));
+    float p[TQ_ATTN_MAX_ROWS][TQ_ATTN_TILE], mv[TQ_ATTN_MAX_ROWS][TQ_ATTN_TILE];
+    const int dk = a->dk, dv = a->dv, nr = a->n_rows;
+    const int dmax = dk > dv ? dk : dv;
+    const int tile = dmax <= 128 ? TQ_ATTN_TILE : TQ_ATTN_TILE * 128 / dmax;
+    const char *k = (const char *)a->k, *v = (const char *)a->v;
+
+    for (int64_t j0 = 0; j0 < a->n_kv; j0 += tile) {
+        const int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
+        /* mv[r][j]: row r's mask term for key j0 + j (rows of one query position share a mask
+         * row: converted once); live[j]: some row attends to the key */
+        int live[TQ_ATTN_TILE] = {0}, any = 0;
+        for (int r = 0; r < nr; r++) {
+            if (r > 0 && a->mask[r] == a->mask[r - 1] && a->slope[r] == a->slope[r - 1]) {
+                memcpy(mv[r], mv[r - 1], sizeof mv[r]);
+                continue;
+            }
+            for (int j = 0; j < nt; j++) {
+                mv[r][j] = a->mask[r] ? a->slope[r] * tq_fp16_to_fp32(a->mask[r][j0 + j]) : 0.0f;
+                live[j] |= mv[r][j] != -INFINITY;
+            }
+        }
+        for (int j = 0; j < nt; j++) {
+            any |= live[j];
+            if (live[j]) attn_decode(a->k_type, k + (size_t)(j0 + j) * a->k_stride, kt + j * dk, dk);
+        }
+        if (!any) continue;
+
+        for (int r = 0; r < nr; r++) {
+            float mt = -INFINITY;
+            for (int j = 0; j < nt; j++) {
+                if (mv[r][j] == -INFINITY) {
+                    p[r][j] = -INFINITY;
+                    continue;
+                }
+                float s = attn_dot(a->q[r], kt + j * dk, dk) * a->scale;
+                if (a->softcap != 0.0f) s = a->softcap * tanhf(s);
+                s += mv[r][j];
+                p[r][j] = s;
+                if (s > mt) mt = s;
+            }
+            if (mt > a->M[r]) { /* a new maximum: rescale what this row holds */
+                if (a->M[r] != -INFINITY) {
+                    const float ms = expf(a->M[r] - mt);
+                    a->S[r] *= ms;
+                    attn_scale(a->acc + (size_t)r * dv, ms, dv);
+                }
+                a->M[r] = mt;
+            }
+            float sum = 0.0f;
+            for (int j = 0; j < nt; j++) {
+                /* a masked key weighs 0 (exp(-inf)); a NaN score stays NaN, as in ggml's loop */
+                const float e = p[r][j] == -INFINITY ? 0.0f : expf(p[r][j] - a->M[r]);
+                p[r][j] = e;
+                sum += e;
+            }
+            a->S[r] += sum;
+        }
+
+        for (int j = 0; j < nt; j++)
+            if (live[j]) attn_decode(a->v_type, v + (size_t)(j0 + j) * a->v_stride, vt + j * dv, dv);
+        for (int r = 0; r < nr; r++) attn_accum(a->acc + (size_t)r * dv, p[r], vt, nt, dv);
+    }
+}
