@@ -59,3 +59,26 @@ def test_cli_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert native.version() in out and native.isa_active() in out
+
+
+def test_tq_isa_environment_caps_the_dispatch():
+    """TQ_ISA measures a smaller CPU's kernels on this one (also inside llama.cpp's tools); a name
+    the CPU cannot run is said on stderr and the best ISA stays."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    code = "from tq_llamacpp import native; print(native.isa_active())"
+
+    def active(value):
+        env = {**os.environ, "TQ_ISA": value}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                           cwd=tempfile.gettempdir())
+        return r.stdout.strip(), r.stderr
+
+    best = native.isa_active()
+    for isa in native.isa_available():
+        assert active(isa) == (isa, "")
+    out, err = active("sse9")
+    assert out == best and "TQ_ISA=sse9 is not an instruction set" in err

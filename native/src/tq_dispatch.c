@@ -2,6 +2,9 @@
 #include "tq_impl.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if TQ_IS_X86
 #include <cpuid.h>
@@ -64,6 +67,17 @@ static void build(void) {
     int best = 0;
     if (avail & (TQ_ISA_AVX2 | TQ_ISA_NEON)) best = 1;
     if (avail & TQ_ISA_AVX512) best = 2;
+    /* TQ_ISA=portable|avx2|neon caps the choice (to measure a smaller CPU's kernels on this one,
+     * also inside llama.cpp's tools); a name this CPU cannot run is said on stderr, not ignored */
+    const char *cap = getenv("TQ_ISA");
+    if (cap && *cap) {
+        int found = -1;
+        for (int i = 0; i <= best; i++)
+            if (tq_isa_name(g_table_isa[i]) && !strcmp(cap, tq_isa_name(g_table_isa[i]))) found = i;
+        if (found >= 0) best = found;
+        else fprintf(stderr, "tq: TQ_ISA=%s is not an instruction set this CPU and build run; using %s\n", cap,
+                     tq_isa_name(g_table_isa[best]));
+    }
     atomic_store(&g_active_isa, g_table_isa[best]);
     atomic_store(&g_active, &g_tables[best]);
     atomic_store_explicit(&g_built, 1, memory_order_release);
