@@ -149,14 +149,20 @@ def test_strings_and_ints_run(tq, smollm2):
 
 def test_kv_bytes_matches_llama_cpp(tq, smollm2, capfd):
     """llama.cpp logs the cache it allocates: 'llama_kv_cache: size = X MiB'."""
-    for k, v in [("f16", "f16"), ("tq3", "tq3"), ("q8_0", "tq2")]:
-        llm = tq.Llama(smollm2, type_k=k, type_v=v, n_ctx=1000, verbose=True)
+    for k, v, opts in [("f16", "f16", None), ("tq3", "tq3", None), ("q8_0", "tq2", None),
+                       ("tq3", "tq3", "layers=k0-3+10:tq4;v5+7:tq2")]:
+        llm = tq.Llama(smollm2, type_k=k, type_v=v, n_ctx=1000, verbose=True, kv_options=opts)
         llm.close()
         # the cache's own lines, not those of the context that calibrates its statistics
         err = capfd.readouterr().err.split("calibrating the KV centring")[0]
         sizes = [float(s) for s in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", err)]
         assert sizes, err[-2000:]
-        assert abs(sum(sizes) - tq.kv_bytes(smollm2, k, v, n_ctx=1000) / 2**20) < 0.01
+        assert abs(sum(sizes) - tq.kv_bytes(smollm2, k, v, n_ctx=1000, kv_options=opts) / 2**20) < 0.01
+    # five layers' K one bit up, two layers' V one bit down: 3 more bits per 30 layers x 2 sides
+    per_layer = tq.kv_bytes(smollm2, "tq3", n_ctx=8192, kv_options={"layers": "k0-3+10:tq4;v5+7:tq2"})
+    assert per_layer / tq.kv_bytes(smollm2, "tq3", n_ctx=8192) == pytest.approx((3.25 * 60 + 3) / (3.25 * 60))
+    with pytest.raises(ValueError, match="layer 30 does not exist"):
+        tq.kv_bytes(smollm2, "tq3", kv_options="layers=k30:tq4")
     # tq3 holds the same context in 16 / 3.25 less memory than f16
     assert tq.kv_bytes(smollm2, "f16", n_ctx=8192) / tq.kv_bytes(smollm2, "tq3", n_ctx=8192) == pytest.approx(16 / 3.25)
 
@@ -282,6 +288,31 @@ def test_centring_errors(tq, smollm2):
     with pytest.raises(LlamaError, match="cannot load the saved state: .*KV mean-centring differs: the state has centred K 1"):
         other.load_state(state)
     other.close()
+
+
+def test_per_layer_types(tq, smollm2):
+    """The KV option `layers` gives single layers another tq type: a tq3 cache whose 30 layers all
+    hold K in tq4 is a tq4/tq3 cache, logit for logit; a mix runs and differs from both."""
+    def logits(k, v, **kw):
+        llm = tq.Llama(smollm2, type_k=k, type_v=v, n_ctx=256, logits_all=True, verbose=False, **kw)
+        llm.eval(llm.tokenize(_TEXT))
+        out = np.array(llm.scores[llm.n_tokens - 1])
+        llm.close()
+        return out
+
+    pair = logits("tq4", "tq3")
+    np.testing.assert_array_equal(logits("tq3", "tq3", kv_options={"layers": "k0-29:tq4"}), pair)
+    mixed = logits("tq3", "tq3", kv_options="layers=k0-3+7:tq4;v20-29:tq2")
+    assert np.isfinite(mixed).all() and not np.array_equal(mixed, pair)
+    with pytest.raises(LlamaError, match="per-layer K types need a tq K cache, not f16"):
+        tq.Llama(smollm2, type_k="f16", type_v="tq3", n_ctx=128, verbose=False, kv_options="layers=k0:tq4")
+    with pytest.raises(LlamaError, match="layer 30 does not exist \\(the model has 30\\)"):
+        tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_options="layers=v2+30:tq4")
+    with pytest.raises(ValueError, match="a layer's type must be a tq type .*, not 'q8_0'"):
+        tq.Llama(smollm2, type_k="tq3", kv_options="layers=k0-3:q8_0")
+    for bad in ("x0:tq4", "k:tq4", "k3-1:tq4", "k0-:tq4", "k0tq4"):
+        with pytest.raises(ValueError, match="is not k\\|v<layers>:<tq type>"):
+            tq.Llama(smollm2, type_k="tq3", kv_options={"layers": bad})
 
 
 def test_a_model_llama_cpp_cannot_load_says_why(tq, tmp_path):

@@ -31,6 +31,8 @@ def _c_function(name: str, restype, *argtypes):
 
 _kv_options = _c_function("llama_tq_kv_options", ctypes.c_char_p, ctypes.c_char_p)
 _kv_options_check = _c_function("llama_tq_kv_options_check", ctypes.c_char_p, ctypes.c_char_p)
+_kv_layer_types = _c_function("llama_tq_kv_layer_types", ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32,
+                              ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32))
 
 
 def kv_options_string(kv_center: Union[None, bool, str] = None, kv_options: Union[None, str, dict] = None) -> str:
@@ -258,16 +260,30 @@ def _positive(value: Any, what: str) -> int:
     return n
 
 
+def layer_types(n_layer: int, kv_options: Union[None, str, dict] = None) -> tuple[list, list]:
+    """Per layer, the CacheType that the KV option `layers` gives its K and V (None: the cache's)."""
+    text = kv_options_string(None, kv_options)
+    k = (ctypes.c_int32 * max(n_layer, 1))()
+    v = (ctypes.c_int32 * max(n_layer, 1))()
+    err = _kv_layer_types(text.encode(), n_layer, k, v)
+    if err is not None:
+        raise TqValueError(f"KV-cache options {text!r}: {err.decode()}")
+    return ([cache_type(k[i]) if k[i] >= 0 else None for i in range(n_layer)],
+            [cache_type(v[i]) if v[i] >= 0 else None for i in range(n_layer)])
+
+
 def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: TypeArg = None, n_ctx: int = 4096,
-             n_ubatch: int = 512) -> int:
+             n_ubatch: int = 512, kv_options: Union[None, str, dict] = None) -> int:
     """Bytes of KV cache llama.cpp allocates for one sequence of n_ctx tokens (sliding-window layers
-    keep only window + ubatch cells, as llama.cpp sizes them)."""
+    keep only window + ubatch cells, as llama.cpp sizes them), with the per-layer types of the KV
+    option `layers` when kv_options has it."""
     n_ctx, n_ubatch = _positive(n_ctx, "n_ctx"), _positive(n_ubatch, "n_ubatch")
     path = Path(model_path)
     meta = read_metadata(path)
     shape = attention_shape(meta, path)
-    k = cache_type(type_k)
-    v = cache_type(type_v if type_v is not None else type_k)
+    k0 = cache_type(type_k)
+    v0 = cache_type(type_v if type_v is not None else type_k)
+    lk, lv = layer_types(shape["n_layer"], kv_options)
     pad = lambda n: (n + _CELL_PAD - 1) // _CELL_PAD * _CELL_PAD  # noqa: E731
     full = pad(n_ctx)
     swa = swa_layers(meta, shape)
@@ -277,6 +293,7 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
         nkv = shape["n_head_kv"][il]
         if nkv == 0:
             continue
+        k, v = lk[il] or k0, lv[il] or v0
         total += cells * (k.row_bytes(nkv * shape["head_dim_k"]) + v.row_bytes(nkv * shape["head_dim_v"]))
     return total
 

@@ -108,6 +108,9 @@ static uint64_t tq_calib_key(const llama_model & model, const std::vector<tq_kv_
     f.add(params.rope_freq_scale);
     for (const tq_kv_center * c : centers) {
         f.add(c->center_k); f.add(c->center_v); f.add(c->equalize_k); f.add(c->sink_code); f.add(c->positions);
+        for (const auto & kv : c->layer_types()) {
+            f.add(kv.first); f.add(kv.second);
+        }
         f.add(c->n_floats());
     }
     f.add(n_tokens);

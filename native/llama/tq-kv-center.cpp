@@ -25,6 +25,62 @@ static std::string tq_parse_bool(const std::string & key, const std::string & va
     return key + " must be 1 or 0, not '" + value + "'";
 }
 
+// "k0-3+7:tq4;v20-29:tq2": K of layers 0-3 and 7 in tq4, V of layers 20-29 in tq2 (no commas: the
+// value sits inside the comma-separated option string)
+static std::string tq_parse_layers(const std::string & value, tq_kv_options & o) {
+    std::map<int32_t, ggml_type> lk, lv;
+    size_t pos = 0;
+    while (pos < value.size()) {
+        size_t end = value.find(';', pos);
+        if (end == std::string::npos) {
+            end = value.size();
+        }
+        const std::string spec = value.substr(pos, end - pos);
+        pos = end + 1;
+        const std::string bad = "layers: '" + spec + "' is not k|v<layers>:<tq type>, e.g. k0-3+7:tq4";
+        const size_t colon = spec.find(':');
+        if (spec.size() < 4 || (spec[0] != 'k' && spec[0] != 'v') || colon == std::string::npos) {
+            return bad;
+        }
+        const std::string tname = spec.substr(colon + 1);
+        ggml_type type = GGML_TYPE_COUNT;
+        for (int t = GGML_TYPE_TQ2; t <= GGML_TYPE_TQ4J; ++t) {
+            if (tname == ggml_type_name((ggml_type) t)) {
+                type = (ggml_type) t;
+            }
+        }
+        if (type == GGML_TYPE_COUNT) {
+            return "layers: a layer's type must be a tq type (tq2, tq3, tq4, tq3j, tq4j), not '" + tname + "'";
+        }
+        const std::string ranges = spec.substr(1, colon - 1);
+        size_t rp = 0;
+        while (rp <= ranges.size()) {
+            size_t re = ranges.find('+', rp);
+            if (re == std::string::npos) {
+                re = ranges.size();
+            }
+            const std::string r = ranges.substr(rp, re - rp);
+            rp = re + 1;
+            char * e1 = nullptr, * e2 = nullptr;
+            const long a = strtol(r.c_str(), &e1, 10);
+            long b = a;
+            if (e1 != r.c_str() && *e1 == '-') {
+                b = strtol(e1 + 1, &e2, 10);
+                e1 = e2 != e1 + 1 ? e2 : e1;
+            }
+            if (r.empty() || e1 == r.c_str() || *e1 != '\0' || a < 0 || b < a || b > 4095) {
+                return bad;
+            }
+            for (long il = a; il <= b; ++il) {
+                (spec[0] == 'k' ? lk : lv)[(int32_t) il] = type;
+            }
+        }
+    }
+    o.layer_k = lk;
+    o.layer_v = lv;
+    return "";
+}
+
 // one key: the same words whether they come from the option string or the environment
 static std::string tq_parse_option(const std::string & key, const std::string & value, tq_kv_options & o) {
     if (key == "center") {
@@ -65,7 +121,10 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
         o.calib_tokens = (int32_t) n;
         return "";
     }
-    return "unknown KV-cache option '" + key + "' (center, equalize, sink, stats, calib_dir, calib_text, calib_tokens)";
+    if (key == "layers") {
+        return tq_parse_layers(value, o);
+    }
+    return "unknown KV-cache option '" + key + "' (center, equalize, sink, stats, calib_dir, calib_text, calib_tokens, layers)";
 }
 
 std::string tq_kv_options_parse(const char * text, tq_kv_options & opts) {
@@ -109,6 +168,7 @@ static tq_kv_options tq_kv_options_from_env() {
         { "LLAMA_KV_CALIB_DIR", "calib_dir" },
         { "LLAMA_KV_CALIB_TEXT", "calib_text" },
         { "LLAMA_KV_CALIB_TOKENS", "calib_tokens" },
+        { "LLAMA_KV_LAYERS",    "layers"    },
     };
     tq_kv_options o;
     for (const auto & v : vars) {
@@ -147,6 +207,38 @@ const char * llama_tq_kv_options_check(const char * options) {
     tq_kv_options o;
     tq_options_error = tq_kv_options_parse(options, o);
     return tq_options_error.empty() ? nullptr : tq_options_error.c_str();
+}
+
+const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int32_t * k_types, int32_t * v_types) {
+    tq_kv_options o;
+    try {
+        o = tq_kv_options_from_env();
+    } catch (const std::exception & e) {
+        tq_options_error = e.what();
+        return tq_options_error.c_str();
+    }
+    tq_options_error = tq_kv_options_parse(options, o);
+    if (!tq_options_error.empty()) {
+        return tq_options_error.c_str();
+    }
+    if (n_layer < 0 || !k_types || !v_types) {
+        tq_options_error = "llama_tq_kv_layer_types: n_layer >= 0 and two arrays of it";
+        return tq_options_error.c_str();
+    }
+    for (int32_t il = 0; il < n_layer; ++il) {
+        k_types[il] = v_types[il] = -1;
+    }
+    for (const auto * m : { &o.layer_k, &o.layer_v }) {
+        for (const auto & kv : *m) {
+            if (kv.first >= n_layer) {
+                tq_options_error = "KV-cache option layers: layer " + std::to_string(kv.first) +
+                                   " does not exist (the model has " + std::to_string(n_layer) + ")";
+                return tq_options_error.c_str();
+            }
+            (m == &o.layer_k ? k_types : v_types)[kv.first] = (int32_t) kv.second;
+        }
+    }
+    return nullptr;
 }
 
 const char * llama_tq_kv_options(const char * options) {
@@ -443,6 +535,21 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     type_k = tk;
     type_v = tv;
     const tq_kv_options o = tq_kv_options_current();
+    // per-layer types: another tq type in a layer of a tq cache (rotated like every layer of it)
+    for (const auto * m : { &o.layer_k, &o.layer_v }) {
+        const bool is_k = m == &o.layer_k;
+        const ggml_type t = is_k ? tk : tv;
+        if (!m->empty() && !ggml_type_is_tq(t)) {
+            throw std::runtime_error(std::string("KV-cache option layers: per-layer ") + (is_k ? "K" : "V") +
+                                     " types need a tq " + (is_k ? "K" : "V") + " cache, not " + ggml_type_name(t));
+        }
+        if (!m->empty() && m->rbegin()->first >= (int32_t) hparams.n_layer_all) {
+            throw std::runtime_error("KV-cache option layers: layer " + std::to_string(m->rbegin()->first) +
+                                     " does not exist (the model has " + std::to_string(hparams.n_layer_all) + ")");
+        }
+    }
+    layer_k = o.layer_k;
+    layer_v = o.layer_v;
     center_k = o.center == tq_center_mode::automatic ? ggml_type_is_tq(tk)
                                                      : o.center != tq_center_mode::off && ggml_is_quantized(tk);
     center_v = o.center == tq_center_mode::kv && ggml_is_quantized(tv) && !is_mla;
@@ -499,8 +606,8 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
 void tq_kv_center::alloc_layer(ggml_context * ctx, int32_t il, const char * name_tag) {
     layer l;
     l.il = il;
-    l.type_k = type_k;
-    l.type_v = type_v;
+    l.type_k = layer_type(il, true);
+    l.type_v = layer_type(il, false);
     if (hp->rope_type != LLAMA_ROPE_TYPE_NONE) {
         l.rope.type       = hp->rope_type;
         l.rope.freq_base  = hp->is_swa(il) ? hp->rope_freq_base_train_swa  : hp->rope_freq_base_train;
@@ -522,6 +629,23 @@ void tq_kv_center::alloc_layer(ggml_context * ctx, int32_t il, const char * name
     }
     by_il[il] = layers.size();
     layers.push_back(l);
+}
+
+ggml_type tq_kv_center::layer_type(int32_t il, bool is_k) const {
+    const auto & m = is_k ? layer_k : layer_v;
+    const auto it = m.find(il);
+    return it == m.end() ? (is_k ? type_k : type_v) : it->second;
+}
+
+std::vector<std::pair<int32_t, int32_t>> tq_kv_center::layer_types() const {
+    std::vector<std::pair<int32_t, int32_t>> r;
+    for (const auto & kv : layer_k) {
+        r.emplace_back(kv.first, (int32_t) kv.second);
+    }
+    for (const auto & kv : layer_v) {
+        r.emplace_back(kv.first + 65536, (int32_t) kv.second);
+    }
+    return r;
 }
 
 ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * cur, int32_t il, bool is_k, bool init,

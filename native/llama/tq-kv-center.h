@@ -43,6 +43,8 @@ struct tq_kv_options {
     std::string     calib_dir;      // "" = the default folder, "off" = calibrate every time
     std::string     calib_text;     // "" = the built-in text (tq-calib-text.h), else a UTF-8 file
     int32_t         calib_tokens = 2048; // tokens of it the model reads, in sequences of at most 512
+    // per-layer cache types over a tq cache ("layers=k0-3+7:tq4;v20-29:tq2"): layer -> type
+    std::map<int32_t, ggml_type> layer_k, layer_v;
 };
 
 // the options of contexts this thread creates: llama_tq_kv_options' if set, else the environment
@@ -109,6 +111,11 @@ public:
     // graph nodes per layer that computing the statistics adds (about 180 with RoPE and factors)
     static constexpr uint32_t graph_nodes_per_layer = 256;
     void alloc_layer(ggml_context * ctx, int32_t il, const char * name_tag);
+    // the type of layer il's K (is_k) or V cache: the cache's type unless the option `layers`
+    // names another tq type for it
+    ggml_type layer_type(int32_t il, bool is_k) const;
+    // the layers whose type differs from the cache's: (il, K type) then (il + 65536, V type)
+    std::vector<std::pair<int32_t, int32_t>> layer_types() const;
 
     // the next ubatch computes the statistics: centring on, first-ubatch statistics (or none set
     // yet) and an empty cache
@@ -156,6 +163,7 @@ private:
     const llama_hparams *     hp = nullptr;
     std::vector<float>        fixed_stats; // a copy of the fixed statistics, for restore()
     ggml_type                 type_k = GGML_TYPE_F16, type_v = GGML_TYPE_F16;
+    std::map<int32_t, ggml_type> layer_k, layer_v;
 
     uint32_t mode_bits() const;
 };

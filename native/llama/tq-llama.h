@@ -18,14 +18,24 @@ extern "C" {
 //                                  first ubatch
 //   calib_dir PATH | off           where calibration results are kept (default
 //                                  $XDG_CACHE_HOME/tq-llamacpp/kv-calib, else ~/.cache/...)
+//   calib_text PATH                the calibration text (default: the built-in one)
+//   calib_tokens N                 how many of its tokens the calibration reads (64..65536, 2048)
+//   layers   k0-3+7:tq4;v20-29:tq2 other tq types for single layers' K or V of a tq cache
+//                                  (ranges joined by '+', specs by ';')
 // They apply on top of the environment variables (LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE, LLAMA_KV_SINK,
-// LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, the same words), which is all the llama.cpp tools read; keys
-// given in neither keep their defaults. NULL clears the thread's options. Returns NULL, or what is
+// LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, LLAMA_KV_CALIB_TEXT, LLAMA_KV_CALIB_TOKENS, LLAMA_KV_LAYERS,
+// the same words), which is all the llama.cpp tools read; keys given in neither keep their defaults. NULL clears the thread's options. Returns NULL, or what is
 // wrong with `options` (then nothing changes).
 LLAMA_API const char * llama_tq_kv_options(const char * options);
 
 // The check alone: NULL if `options` is valid, else what is wrong with it.
 LLAMA_API const char * llama_tq_kv_options_check(const char * options);
+
+// The per-layer types that `options` (with the environment) sets for a model of n_layer layers:
+// k_types[il], v_types[il] receive a ggml_type, or -1 where the layer keeps the cache's type.
+// Returns NULL, or what is wrong (options, or a layer past n_layer).
+LLAMA_API const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int32_t * k_types,
+                                               int32_t * v_types);
 
 // Centring statistics of one layer, computed on the CPU from host arrays by the same graph the
 // cache builds (for tests against a reference). k: [n_tokens][n_head_kv][n_embd_head] post-RoPE
