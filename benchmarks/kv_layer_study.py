@@ -11,7 +11,10 @@ the first-token code word was found (README, Centring); end-to-end KLD decides w
 since this study overstated other changes (a matrix instead of s: -25 to -35 % here, a few per
 cent end to end).
 
-    python benchmarks/kv_layer_study.py [--model smollm2] [--type tq3] [--layers 1,5,12,18,25]
+    python benchmarks/kv_layer_study.py [--model smollm2] [--type tq3] [--layers 1,5,12,18,25] [--per-layer]
+
+--per-layer prints each layer's row for the stored keys the cache uses (centred, first token code
+word) instead of the means: a screen for the layers whose K needs more bits.
 """
 from __future__ import annotations
 
@@ -129,8 +132,17 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--type", default="tq3")
     ap.add_argument("--layers", default="1,5,12,18,25")
+    ap.add_argument("--per-layer", action="store_true")
     a = ap.parse_args()
-    res = study(capture(a.model), [int(x) for x in a.layers.split(",")], a.type)
+    layers = [int(x) for x in a.layers.split(",")]
+    res = study(capture(a.model), layers, a.type)
+    if a.per_layer:
+        rows = np.array(res["centred, first token code word"]).reshape(len(layers), -1, 2).mean(1)
+        print(f"{a.model}, {a.type}, keys centred with the first token's code word, mean over KV heads; V exact\n")
+        print("| layer | attention KL | output rel. error |\n|---|---|---|")
+        for il, (kl, err) in zip(layers, rows):
+            print(f"| {il} | {kl:.4f} | {err:.4f} |")
+        return
     print(f"{a.model}, {a.type}, layers {a.layers}, every KV head; V exact\n")
     print("| keys stored | attention KL | output rel. error |\n|---|---|---|")
     for name, rows in res.items():

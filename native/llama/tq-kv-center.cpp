@@ -25,18 +25,25 @@ static std::string tq_parse_bool(const std::string & key, const std::string & va
     return key + " must be 1 or 0, not '" + value + "'";
 }
 
+// the pieces of s between the separators (empty ones included)
+static std::vector<std::string> tq_split(const std::string & s, char sep) {
+    std::vector<std::string> out;
+    size_t pos = 0;
+    for (size_t end; (end = s.find(sep, pos)) != std::string::npos; pos = end + 1) {
+        out.push_back(s.substr(pos, end - pos));
+    }
+    out.push_back(s.substr(pos));
+    return out;
+}
+
 // "k0-3+7:tq4;v20-29:tq2": K of layers 0-3 and 7 in tq4, V of layers 20-29 in tq2 (no commas: the
 // value sits inside the comma-separated option string)
 static std::string tq_parse_layers(const std::string & value, tq_kv_options & o) {
     std::map<int32_t, ggml_type> lk, lv;
-    size_t pos = 0;
-    while (pos < value.size()) {
-        size_t end = value.find(';', pos);
-        if (end == std::string::npos) {
-            end = value.size();
+    for (const std::string & spec : tq_split(value, ';')) {
+        if (spec.empty() && value.empty()) {
+            break; // "layers=": none
         }
-        const std::string spec = value.substr(pos, end - pos);
-        pos = end + 1;
         const std::string bad = "layers: '" + spec + "' is not k|v<layers>:<tq type>, e.g. k0-3+7:tq4";
         const size_t colon = spec.find(':');
         if (spec.size() < 4 || (spec[0] != 'k' && spec[0] != 'v') || colon == std::string::npos) {
@@ -52,15 +59,7 @@ static std::string tq_parse_layers(const std::string & value, tq_kv_options & o)
         if (type == GGML_TYPE_COUNT) {
             return "layers: a layer's type must be a tq type (tq2, tq3, tq4, tq3j, tq4j), not '" + tname + "'";
         }
-        const std::string ranges = spec.substr(1, colon - 1);
-        size_t rp = 0;
-        while (rp <= ranges.size()) {
-            size_t re = ranges.find('+', rp);
-            if (re == std::string::npos) {
-                re = ranges.size();
-            }
-            const std::string r = ranges.substr(rp, re - rp);
-            rp = re + 1;
+        for (const std::string & r : tq_split(spec.substr(1, colon - 1), '+')) {
             char * e1 = nullptr, * e2 = nullptr;
             const long a = strtol(r.c_str(), &e1, 10);
             long b = a;
@@ -129,15 +128,7 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
 
 std::string tq_kv_options_parse(const char * text, tq_kv_options & opts) {
     tq_kv_options o = opts;
-    std::string s = text ? text : "";
-    size_t pos = 0;
-    while (pos <= s.size()) {
-        size_t end = s.find(',', pos);
-        if (end == std::string::npos) {
-            end = s.size();
-        }
-        const std::string item = s.substr(pos, end - pos);
-        pos = end + 1;
+    for (const std::string & item : tq_split(text ? text : "", ',')) {
         if (item.find_first_not_of(" \t") == std::string::npos) {
             continue;
         }

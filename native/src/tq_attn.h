@@ -1,7 +1,9 @@
 /* The flash-attention loop over tq K/V rows (tq_ggml_attn_f32), written once and instantiated by
  * each ISA file, which defines before including it:
  *   TQ_ATTN_NAME                         the kernel's name
- *   attn_decode(type, row, out, n)       n values (n % TQ_BLOCK == 0) of one coded row to f32
+ *   TQ_ATTN_OWN_DECODERS                 (optional) decode tq2/tq3/tq4 rows with the file's own
+ *                                        dequantize_tq2/3/4, inlined; else (the portable file, which
+ *                                        NEON shares) and for the QJL types, the active table's
  *   attn_dot(a, b, n)                    sum of a[i] * b[i]
  *   attn_accum(acc, p, rows, nt, n)      acc[i] += sum_j<nt p[j] * rows[j * n + i], skipping every
  *                                        j with p[j] == 0 (a masked key: its row may not be decoded)
@@ -12,6 +14,19 @@
  * (-inf) is not decoded. Per-row work is f32 arithmetic on decoded rows held in L1. */
 
 #define TQ_ATTN_TILE 16
+
+/* n values (n % TQ_BLOCK == 0) of one coded row to f32 */
+static inline void attn_decode(int type, const void *row, float *out, int n) {
+#ifdef TQ_ATTN_OWN_DECODERS
+    switch (type) {
+    case TQ_TYPE_TQ2: dequantize_tq2(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ3: dequantize_tq3(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); return;
+    default: break;
+    }
+#endif
+    tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
+}
 
 static void TQ_ATTN_NAME(const tq_attn_args *a) {
     /* decoded K and V rows of one tile; for head sizes above 128 fewer keys fit per tile */

@@ -267,15 +267,6 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
 
 /* ---- attention (tq_attn.h) ---- */
 
-static inline void attn_decode(int type, const void *row, float *out, int n) {
-    switch (type) {
-    case TQ_TYPE_TQ2: dequantize_tq2(row, out, (size_t)n / TQ_BLOCK); break;
-    case TQ_TYPE_TQ3: dequantize_tq3(row, out, (size_t)n / TQ_BLOCK); break;
-    case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); break;
-    default: tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
-    }
-}
-
 static inline float attn_dot(const float *a, const float *b, int n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (int i = 0; i < n; i += 16) {
@@ -310,6 +301,7 @@ static inline void attn_scale(float *acc, float s, int n) {
     for (int i = 0; i < n; i += 8) _mm256_storeu_ps(acc + i, _mm256_mul_ps(m, _mm256_loadu_ps(acc + i)));
 }
 
+#define TQ_ATTN_OWN_DECODERS 1
 #define TQ_ATTN_NAME attn_avx2
 #include "tq_attn.h"
 

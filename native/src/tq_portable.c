@@ -109,12 +109,6 @@ TQ_PORTABLE_DOT(tq4j, TQ_TYPE_TQ4J)
 
 /* ---- attention (tq_attn.h) ---- */
 
-/* The active table's decoder: the portable one when the portable ISA is forced, NEON's on AArch64
- * (which has no attention kernel of its own). */
-static inline void attn_decode(int type, const void *row, float *out, int n) {
-    tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
-}
-
 static inline float attn_dot(const float *a, const float *b, int n) {
     float s[4] = {0, 0, 0, 0};
     for (int i = 0; i < n; i += 4)

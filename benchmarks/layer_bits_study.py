@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Where bits matter: end-to-end KLD (against an f16 cache) of a tq3 cache with ONE layer's K or V
+moved to another tq type (the KV option `layers`, here through LLAMA_KV_LAYERS), for every layer.
+The change against all-tq3 is that layer's marginal gain (tq4) or cost (tq2) of a bit; a greedy
+pairing of the largest gains with the smallest costs then gives allocations at tq3's 3.25 bits,
+measured end to end. Writes benchmarks/results/layer-bits-<model>.{md,json}.
+
+    python benchmarks/layer_bits_study.py [--model smollm2] [--moves k:tq4,v:tq2] [--chunks 5]
+        [--layers 0,5,10] [--pairs 2,4,8]
+
+--layers restricts the single-layer runs to those layers (a screen at few chunks, then the
+candidates it finds at more).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+from tq_llamacpp import compare as cmp
+from tq_llamacpp._libs import tool
+from tq_llamacpp.data import model_path, text_path
+from tq_llamacpp.gguf_meta import read_metadata
+
+
+def kld(model: Path, text: Path, ctx: int, chunks: int, layers: str, k: str = "tq3", v: str = "tq3") -> float:
+    exe = str(tool("llama-perplexity"))
+    base = cmp._base_file(model, text, ctx, chunks, Path(exe))
+    common = [exe, "-m", str(model), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks),
+              "-t", str(os.cpu_count() or 1), "-fa", "on"]
+    if not base.exists():
+        tmp = base.with_suffix(".tmp")
+        cmp._run(common + ["-ctk", "f16", "-ctv", "f16", "--kl-divergence-base", str(tmp)], "f16", chunks, False)
+        tmp.replace(base)
+    env = dict(os.environ, LLAMA_KV_LAYERS=layers)
+    out = cmp._run(common + ["-ctk", k, "-ctv", v, "--kl-divergence-base", str(base), "--kl-divergence"],
+                   layers or "tq3", chunks, False, env)
+    return cmp.parse_output(out)["kld_mean"]
+
+
+def spec(side_layers: dict[str, dict[int, str]]) -> str:
+    parts = []
+    for side in ("k", "v"):
+        by_type: dict[str, list[int]] = {}
+        for il, t in sorted(side_layers.get(side, {}).items()):
+            by_type.setdefault(t, []).append(il)
+        parts += [f"{side}{'+'.join(map(str, ls))}:{t}" for t, ls in by_type.items()]
+    return ";".join(parts)
+
+
+def write_md(path: Path, model: str, ctx: int, chunks: int, command: str, base: float, delta: dict,
+             rows: list) -> None:
+    layers = sorted({int(i) for d in delta.values() for i in d})
+    md = [f"# One layer's bits at a time, {model} (tq3 cache, ctx {ctx}, {chunks} chunks of Pride and Prejudice)",
+          "", f"`{command}`: KLD against f16 of tq3 everywhere = {base:.5f}; the change when one layer "
+          "moves (layer: K or V of that layer alone in the named type):", "",
+          "| layer | " + " | ".join(delta) + " |", "|---|" + "---|" * len(delta)]
+    md += [f"| {i} | " + " | ".join(f"{d.get(i, d.get(str(i))):+.5f}" for d in delta.values()) + " |" for i in layers]
+    md += ["", "Greedy pairs (the layers whose K gains most with tq4, the layers whose V loses least with tq2; "
+           "3.25 bits per value on average, as tq3):", "",
+           "| pairs moved | layers | sum of the single moves | measured |", "|---|---|---|---|"]
+    md += [f"| {r['pairs']} | `{r['layers']}` | {r['predicted']:.5f} | {r['measured']:.5f} |" for r in rows]
+    path.write_text("\n".join(md) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--moves", default="k:tq4,v:tq2")
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=5)
+    ap.add_argument("--pairs", default="2,4,8")
+    ap.add_argument("--layers", default=None)
+    a = ap.parse_args()
+    model, text = model_path(a.model), text_path("pride-and-prejudice")
+    n_layer = next(v for k, v in read_metadata(model).items() if k.endswith(".block_count"))
+    layers = [int(x) for x in a.layers.split(",")] if a.layers else list(range(n_layer))
+    base = kld(model, text, a.ctx, a.chunks, "")
+    print(f"all tq3: {base:.5f}", flush=True)
+    delta: dict[str, list[float]] = {}
+    for mv in a.moves.split(","):
+        side, t = mv.split(":")
+        delta[mv] = {}
+        for il in layers:
+            d = kld(model, text, a.ctx, a.chunks, spec({side: {il: t}})) - base
+            delta[mv][il] = d
+            print(f"{mv} layer {il}: {d:+.5f}", flush=True)
+    # greedy: the n layers that gain most from tq4 K against the n that lose least with tq2 V
+    rows = []
+    up, down = (m for m in a.moves.split(","))
+    order_up = sorted(layers, key=lambda i: delta[up][i])
+    order_down = sorted(layers, key=lambda i: delta[down][i])
+    for n in (int(x) for x in a.pairs.split(",")):
+        s = {up.split(":")[0]: {i: up.split(":")[1] for i in order_up[:n]},
+             down.split(":")[0]: {i: down.split(":")[1] for i in order_down[:n]}}
+        moved = spec(s)
+        predicted = base + sum(delta[up][i] for i in order_up[:n]) + sum(delta[down][i] for i in order_down[:n])
+        rows.append({"pairs": n, "layers": moved, "predicted": predicted,
+                     "measured": kld(model, text, a.ctx, a.chunks, moved)})
+        print(rows[-1], flush=True)
+    out = Path(__file__).parent / "results" / f"layer-bits-{a.model}-c{a.ctx}-{a.chunks}ch"
+    out.with_suffix(".json").write_text(json.dumps({"base": base, "delta": delta, "rows": rows, "ctx": a.ctx,
+                                                    "chunks": a.chunks}, indent=1))
+    command = (f"python benchmarks/layer_bits_study.py --model {a.model} --moves {a.moves} --chunks {a.chunks}"
+               + (f" --layers {a.layers}" if a.layers else "") + f" --pairs {a.pairs}")
+    write_md(out.with_suffix(".md"), a.model, a.ctx, a.chunks, command, base, delta, rows)
+    print(f"wrote {out}.md")
+
+
+if __name__ == "__main__":
+    main()
