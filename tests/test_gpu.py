@@ -84,13 +84,13 @@ def _gpu_test_model() -> str:
     return str(model_path("smollm2"))
 
 
-def _logits(model: str, type_k: str, type_v: str, gpu: bool):
+def _logits(model: str, type_k: str, type_v: str, gpu: bool, **kw):
     # on the GPU with every layer offloaded, or on the CPU alone (no device visible, so that no op is
     # offloaded either)
     env = dict(os.environ)
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    return llama_logits(model, type_k, type_v, env=env, n_gpu_layers=-1 if gpu else 0)
+    return llama_logits(model, type_k, type_v, env=env, n_gpu_layers=-1 if gpu else 0, **kw)
 
 
 def _splits(log: str) -> str:
@@ -100,16 +100,19 @@ def _splits(log: str) -> str:
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("types", [("tq3", "tq3"), ("tq4", "tq3"), ("q8_0", "tq3")])
+@pytest.mark.parametrize("types", [("tq3", "tq3"), ("tq4", "tq3"), ("q8_0", "tq3"),
+                                   ("tq3", "tq3", "layers=k0:tq4;v1:tq2")])
 def test_llama_fully_offloaded(types):
     """A model fully offloaded with a tq cache: the cache in CUDA memory, the graph split exactly as
-    with an f16 cache (a tq op on the CPU would add splits), and logits that match the CPU's."""
+    with an f16 cache (a tq op on the CPU would add splits), and logits that match the CPU's; also
+    with per-layer types, one layer of which (tq3 K, tq2 V) is not a pair of the tq decode kernel."""
     import numpy as np
 
     model = _gpu_test_model()
+    kw = {"kv_options": types[2]} if len(types) > 2 else {}
     ref16, log16 = _logits(model, "f16", "f16", gpu=True)
-    gpu, log = _logits(model, *types, gpu=True)
-    cpu, _ = _logits(model, *types, gpu=False)
+    gpu, log = _logits(model, *types[:2], gpu=True, **kw)
+    cpu, _ = _logits(model, *types[:2], gpu=False, **kw)
     assert re.search(r"CUDA0 KV buffer size", log), log[-2000:]
     assert not re.search(r"\bCPU KV buffer size", log), log[-2000:]
     assert _splits(log) == _splits(log16), (_splits(log), _splits(log16))
