@@ -9,7 +9,8 @@ measured end to end. Writes benchmarks/results/layer-bits-<model>.{md,json}.
         [--layers 0,5,10] [--pairs 2,4,8]
 
 --layers restricts the single-layer runs to those layers (a screen at few chunks, then the
-candidates it finds at more).
+candidates it finds at more). --configs "k10:tq4;v6:tq2,..." measures just those settings (and
+tq3 everywhere), e.g. at another context size.
 """
 from __future__ import annotations
 
@@ -73,8 +74,15 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=5)
     ap.add_argument("--pairs", default="2,4,8")
     ap.add_argument("--layers", default=None)
+    ap.add_argument("--configs", default=None)
     a = ap.parse_args()
     model, text = model_path(a.model), text_path("pride-and-prejudice")
+    if a.configs:
+        print(f"`python benchmarks/layer_bits_study.py --model {a.model} --ctx {a.ctx} --chunks {a.chunks} "
+              f"--configs {a.configs}`\n\n| setting (tq3 cache) | KLD |\n|---|---|")
+        for c in [""] + a.configs.split(","):
+            print(f"| {c or 'tq3 everywhere'} | {kld(model, text, a.ctx, a.chunks, c):.5f} |", flush=True)
+        return
     n_layer = next(v for k, v in read_metadata(model).items() if k.endswith(".block_count"))
     layers = [int(x) for x in a.layers.split(",")] if a.layers else list(range(n_layer))
     base = kld(model, text, a.ctx, a.chunks, "")
