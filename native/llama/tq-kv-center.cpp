@@ -80,6 +80,17 @@ static std::string tq_parse_layers(const std::string & value, tq_kv_options & o)
     return "";
 }
 
+// "" if every layer the option `layers` names exists in a model of n_layer layers
+static std::string tq_check_layers(const tq_kv_options & o, int32_t n_layer) {
+    for (const auto * m : { &o.layer_k, &o.layer_v }) {
+        if (!m->empty() && m->rbegin()->first >= n_layer) {
+            return "KV-cache option layers: layer " + std::to_string(m->rbegin()->first) +
+                   " does not exist (the model has " + std::to_string(n_layer) + ")";
+        }
+    }
+    return "";
+}
+
 // one key: the same words whether they come from the option string or the environment
 static std::string tq_parse_option(const std::string & key, const std::string & value, tq_kv_options & o) {
     if (key == "center") {
@@ -216,18 +227,18 @@ const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int3
         tq_options_error = "llama_tq_kv_layer_types: n_layer >= 0 and two arrays of it";
         return tq_options_error.c_str();
     }
+    tq_options_error = tq_check_layers(o, n_layer);
+    if (!tq_options_error.empty()) {
+        return tq_options_error.c_str();
+    }
     for (int32_t il = 0; il < n_layer; ++il) {
         k_types[il] = v_types[il] = -1;
     }
-    for (const auto * m : { &o.layer_k, &o.layer_v }) {
-        for (const auto & kv : *m) {
-            if (kv.first >= n_layer) {
-                tq_options_error = "KV-cache option layers: layer " + std::to_string(kv.first) +
-                                   " does not exist (the model has " + std::to_string(n_layer) + ")";
-                return tq_options_error.c_str();
-            }
-            (m == &o.layer_k ? k_types : v_types)[kv.first] = (int32_t) kv.second;
-        }
+    for (const auto & kv : o.layer_k) {
+        k_types[kv.first] = (int32_t) kv.second;
+    }
+    for (const auto & kv : o.layer_v) {
+        v_types[kv.first] = (int32_t) kv.second;
     }
     return nullptr;
 }
@@ -534,10 +545,10 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
             throw std::runtime_error(std::string("KV-cache option layers: per-layer ") + (is_k ? "K" : "V") +
                                      " types need a tq " + (is_k ? "K" : "V") + " cache, not " + ggml_type_name(t));
         }
-        if (!m->empty() && m->rbegin()->first >= (int32_t) hparams.n_layer_all) {
-            throw std::runtime_error("KV-cache option layers: layer " + std::to_string(m->rbegin()->first) +
-                                     " does not exist (the model has " + std::to_string(hparams.n_layer_all) + ")");
-        }
+    }
+    const std::string missing = tq_check_layers(o, (int32_t) hparams.n_layer_all);
+    if (!missing.empty()) {
+        throw std::runtime_error(missing);
     }
     layer_k = o.layer_k;
     layer_v = o.layer_v;
@@ -626,17 +637,6 @@ ggml_type tq_kv_center::layer_type(int32_t il, bool is_k) const {
     const auto & m = is_k ? layer_k : layer_v;
     const auto it = m.find(il);
     return it == m.end() ? (is_k ? type_k : type_v) : it->second;
-}
-
-std::vector<std::pair<int32_t, int32_t>> tq_kv_center::layer_types() const {
-    std::vector<std::pair<int32_t, int32_t>> r;
-    for (const auto & kv : layer_k) {
-        r.emplace_back(kv.first, (int32_t) kv.second);
-    }
-    for (const auto & kv : layer_v) {
-        r.emplace_back(kv.first + 65536, (int32_t) kv.second);
-    }
-    return r;
 }
 
 ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * cur, int32_t il, bool is_k, bool init,

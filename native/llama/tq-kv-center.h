@@ -114,8 +114,6 @@ public:
     // the type of layer il's K (is_k) or V cache: the cache's type unless the option `layers`
     // names another tq type for it
     ggml_type layer_type(int32_t il, bool is_k) const;
-    // the layers whose type differs from the cache's: (il, K type) then (il + 65536, V type)
-    std::vector<std::pair<int32_t, int32_t>> layer_types() const;
 
     // the next ubatch computes the statistics: centring on, first-ubatch statistics (or none set
     // yet) and an empty cache

@@ -24,8 +24,9 @@ extern "C" {
 //                                  (ranges joined by '+', specs by ';')
 // They apply on top of the environment variables (LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE, LLAMA_KV_SINK,
 // LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, LLAMA_KV_CALIB_TEXT, LLAMA_KV_CALIB_TOKENS, LLAMA_KV_LAYERS,
-// the same words), which is all the llama.cpp tools read; keys given in neither keep their defaults. NULL clears the thread's options. Returns NULL, or what is
-// wrong with `options` (then nothing changes).
+// the same words), which is all the llama.cpp tools read; keys given in neither keep their
+// defaults. NULL clears the thread's options. Returns NULL, or what is wrong with `options` (then
+// nothing changes).
 LLAMA_API const char * llama_tq_kv_options(const char * options);
 
 // The check alone: NULL if `options` is valid, else what is wrong with it.
