@@ -18,6 +18,8 @@
 #   # the device tool: run(command="bash benchmarks/gpu_bench.sh", carry=[".tqdev"])
 #
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
+#   profile (not by default): ncu, one decode step at depth 0 kernel by kernel, f16 / tq3 / tq3 with
+#           TQ_CUDA_FUSED_WRITE=0, summed per kind of kernel (benchmarks/ncu_kernels.py)
 # Steps not run by default:
 #   pip     instead of "build": the package itself, `CMAKE_ARGS="-DTQ_CUDA=ON ..." pip install .`, timed,
 #           from the carried tree (TQ_LLAMA_SOURCE_DIR) with the carried wheels (.tqdev/whl: cffi,
@@ -32,7 +34,7 @@
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
 # TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type written "tq3@vec" runs with
-# TQ_CUDA_FA_DECODE=0.
+# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -125,6 +127,9 @@ if want test; then
     r1=$?
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'type_[KV]=tq' >> "$out/tests.log" 2>&1
     r2=$?
+    # the fused cache write and query chain (native/cuda/tq-fused-write.cuh) against the CPU's ops one by one
+    timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o TQ_FUSED_WRITE >> "$out/tests.log" 2>&1
+    r2=$((r2 | $?))
     # upstream's own types next to ours: the patch must not have broken them
     timeout 60 $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'hsk=128.*type_K=(q8_0|f16),type_V=(q8_0|f16)' >> "$out/tests.log" 2>&1
     r3=$?
@@ -147,10 +152,11 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@vec}; fa_decode=1; [ "$t" != "$spec" ] && fa_decode=0
+        t=${spec%@*}; fa_decode=1; fused=1
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; esac
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode)" >> "$out/bench.log"
-        TQ_CUDA_FA_DECODE=$fa_decode timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
@@ -201,6 +207,35 @@ if want qk && [ "$(left)" -gt 40 ]; then
     cut -c1-220 "$out/qk.log" >> "$sum"
 fi
 
+# ---- 5b. one decode step at depth 0, kernel by kernel (ncu): f16, tq3, tq3 unfused ----------------
+if want profile && [ "$(left)" -gt 90 ]; then
+    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
+    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/profile.log" 2>&1
+    # a first run keeps the calibration (its kv-calib file), so that the profiled run holds the decode step only
+    $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk tq3 -ctv tq3 -p 0 -n 1 -r 1 >> "$out/profile.log" 2>&1
+    for spec in f16 tq3 tq3@unfused; do
+        t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
+        [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
+        TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv \
+            $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"
+        say "ncu $spec rc=$?"
+    done
+    python3 benchmarks/ncu_kernels.py "$out"/ncu-f16.csv "$out"/ncu-tq3.csv "$out"/ncu-tq3-unfused.csv >> "$sum" 2>&1
+    # the same kinds in real steps (CUDA graphs on): 16 decode steps after one warm-up token, per step
+    if command -v nsys > /dev/null; then
+        for spec in f16 tq3 tq3@unfused; do
+            t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
+            [ "$(left)" -gt 40 ] || break
+            TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) nsys profile -o /tmp/nsys-${spec/@/-} --force-overwrite true \
+                $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 16 -r 1 -d 0 >> "$out/profile.log" 2>&1 &&
+            nsys stats --report cuda_gpu_kern_sum --format csv -o /tmp/nsys-${spec/@/-} /tmp/nsys-${spec/@/-}.nsys-rep >> "$out/profile.log" 2>&1
+            say "nsys $spec rc=$?"
+        done
+        (cd /tmp && python3 "$OLDPWD"/benchmarks/ncu_kernels.py --steps 17 nsys-f16_cuda_gpu_kern_sum.csv nsys-tq3_cuda_gpu_kern_sum.csv \
+            nsys-tq3-unfused_cuda_gpu_kern_sum.csv) >> "$sum" 2>&1
+    fi
+fi
+
 # ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------
 if want sanitize && [ "$(left)" -gt 60 ]; then
     { echo "== memcheck tq_cuda_selftest 2048"
@@ -208,6 +243,9 @@ if want sanitize && [ "$(left)" -gt 60 ]; then
       echo "== memcheck test-backend-ops (tq3 SET_ROWS/CPY/GET_ROWS, tq3 vec decode)"
       timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o SET_ROWS,CPY,GET_ROWS,FLASH_ATTN_EXT \
           -p '(type_dst=tq3,|type_src=tq3,|type=tq3,|kv=512,nb=1,.*type_K=tq3,type_V=tq3)'; echo "rc=$?"
+      echo "== memcheck + racecheck test-backend-ops (the fused write, tq3 and the query's chain)"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=(tq3|f32),'; echo "rc=$?"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=tq3,'; echo "rc=$?"
       echo "== racecheck test-backend-ops (tq3 vec decode)"
       timeout $(( $(left) - 20 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o FLASH_ATTN_EXT \
           -p 'hsk=128,.*kv=512,nb=1,.*type_K=tq3,type_V=tq3'; echo "rc=$?"
