@@ -105,6 +105,22 @@ def test_bad_input_fails_before_any_model_runs(nd, smollm2):
         nd.run_needle(smollm2, ["f16"], n_ctx=1024, trials=0)
     with pytest.raises(FileNotFoundError, match="text file not found"):
         nd.run_needle(smollm2, ["f16"], n_ctx=1024, text="/nonexistent.txt")
+    with pytest.raises(ValueError, match=r"KV-cache options 'layers=k10:tq9'"):
+        nd.run_needle(smollm2, ["tq3"], n_ctx=1024, kv_options="layers=k10:tq9")
+
+
+def test_kv_options_reach_every_type(nd, smollm2):
+    """The per-layer option changes the cache (its size, the bits per value over all layers, counted
+    by llama.cpp's allocation) and the label; the pass key is still found at 1K."""
+    plain, layered = (nd.run_needle(smollm2, ["tq3"], n_ctx=1024, depths=[0.5], kv_options=o)[0]
+                      for o in (None, {"layers": "k10:tq4;v6:tq2"}))
+    assert plain.type == "tq3" and layered.type == "tq3 [layers=k10:tq4;v6:tq2]"
+    assert plain.bits_per_value == pytest.approx(3.25)
+    assert layered.bits_per_value == pytest.approx(3.25)  # one layer's K up a bit, one layer's V down
+    assert layered.kv_mib == pytest.approx(plain.kv_mib)
+    more = nd.run_needle(smollm2, ["tq3"], n_ctx=1024, depths=[0.5], kv_options="layers=k0-29:tq4")[0]
+    assert more.bits_per_value == pytest.approx(3.75) and more.kv_mib > plain.kv_mib
+    assert all(r.accuracy() == (1, 1) for r in (plain, layered, more)), [r.trials[0].answer for r in (plain, layered, more)]
 
 
 # one needle in the middle keeps the test to three 8K prefills (CI's 2 cores); `tq-llama needle`

@@ -123,6 +123,8 @@ def _needle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random pass keys (default: 0)")
     p.add_argument("--text", metavar="FILE", help="filler from this text's sentences instead of the passkey test's "
                    "repeated neutral sentences (e.g. a novel: harder for small models)")
+    p.add_argument("--kv-options", metavar="OPTS", default=None,
+                   help='KV-cache options for every type, as Llama\'s kv_options string, e.g. "layers=k10:tq4;v6:tq2"')
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("--format", choices=("md", "json"), default="md", help="output format (default: md)")
     p.add_argument("--out", metavar="FILE", help="write the output to FILE instead of stdout")
@@ -141,16 +143,18 @@ def _needle(args: argparse.Namespace) -> int:
     model = _resolve_model(args.model)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     results = needle.run_needle(model, types, n_ctx=args.ctx, depths=depths, trials=args.trials, seed=args.seed,
-                                text=args.text, threads=args.threads, progress=True)
+                                text=args.text, threads=args.threads, progress=True, kv_options=args.kv_options)
     n_ctx = args.ctx or needle.context_limit(model)
     filler = Path(args.text).name if args.text else "repeated neutral sentences"
     title = f"{model.name}, passkey retrieval, ctx {n_ctx}, filler: {filler}, {args.trials} trial(s) per depth"
     cmd = f"tq-llama needle --types {args.types} --ctx {n_ctx} --depths {args.depths} --trials {args.trials} " \
-          f"--seed {args.seed}" + (f" --text {args.text}" if args.text else "")
+          f"--seed {args.seed}" + (f" --text {args.text}" if args.text else "") + \
+          (f" --kv-options '{args.kv_options}'" if args.kv_options else "")
     if args.format == "json":
         out = needle.to_json(results, {"title": title, "command": cmd, "date": now_stamp(), "model": str(model),
                                        "ctx": n_ctx, "depths": depths, "trials": args.trials, "seed": args.seed,
-                                       "text": args.text, "max_new_tokens": needle.MAX_NEW_TOKENS})
+                                       "text": args.text, "kv_options": args.kv_options,
+                                       "max_new_tokens": needle.MAX_NEW_TOKENS})
     else:
         out = needle.markdown(results, title) + f"\nMeasured {now_stamp()} with `{cmd}` (greedy, correct = the " \
               f"5 digits in the first {needle.MAX_NEW_TOKENS} tokens; seconds: model load and every trial).\n"

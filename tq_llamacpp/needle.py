@@ -267,12 +267,14 @@ def _check_ctx(model_path: Path, n_ctx: int) -> None:
 def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Optional[int] = None,
                depths: Sequence[float] = DEFAULT_DEPTHS, trials: int = 1, seed: Optional[int] = 0,
                text: Union[str, Path, None] = None, threads: Optional[int] = None, n_batch: int = 512,
-               max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = False) -> list[TypeResult]:
+               max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = False,
+               kv_options: Union[None, str, dict] = None) -> list[TypeResult]:
     """Passkey retrieval with each cache type, given as `tq-llama compare --types` takes them ("tq3",
     a K/V pair "q8_0/tq3", a centring "tq3@off"): the same prompts, one Llama per type. `n_ctx`
     defaults to the model's training context; `text` (a file) replaces the repeated neutral filler
-    with its sentences."""
-    from .llama import Llama, check_cache_types, kv_bytes, parse_spec
+    with its sentences; `kv_options` (as Llama takes them, e.g. {"layers": "k10:tq4"}) go to every
+    type, and a type's label and bits per value include them."""
+    from .llama import Llama, check_cache_types, kv_bytes, kv_options_string, parse_spec
 
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -282,6 +284,7 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
         raise ValueError("no cache types given")
     for k, v, _ in specs:
         check_cache_types(model_path, k, v)
+    options = kv_options_string(None, kv_options)  # a malformed option fails here, before any model runs
     depths = check_depths(depths)
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
@@ -306,15 +309,17 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
     threads = threads or os.cpu_count() or 1
     results = []
     for k, v, center in specs:
-        label = pair_name(k, v) + (f"@{center}" if center else "")
+        label = pair_name(k, v) + (f"@{center}" if center else "") + (f" [{options}]" if options else "")
         t0 = time.perf_counter()
         # flash attention for every type, f16 included, as `tq-llama compare` runs them: the same
         # attention code for all, and llama.cpp's fast tiled path for f16
         llm = Llama(model_path, type_k=k, type_v=v, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, flash_attn=True,
                     n_threads=threads, n_threads_batch=threads, seed=seed if seed is not None else 0,
-                    kv_center=center, verbose=False)
-        res = TypeResult(type=label, bits_per_value=(k.bits_per_value + v.bits_per_value) / 2,
-                         kv_mib=kv_bytes(model_path, k, v, n_ctx=n_ctx, n_ubatch=n_batch) / 2**20, seconds=0.0)
+                    kv_center=center, kv_options=options or None, verbose=False)
+        size = kv_bytes(model_path, k, v, n_ctx=n_ctx, n_ubatch=n_batch, kv_options=options or None)
+        # with per-layer types the average over the cache, every scale counted
+        bits = 16.0 * size / kv_bytes(model_path, "f16", "f16", n_ctx=n_ctx, n_ubatch=n_batch)
+        res = TypeResult(type=label, bits_per_value=bits, kv_mib=size / 2**20, seconds=0.0)
         try:
             prev: list[int] = []
             bar = Progress(label, total=len(order), unit="prompt", enabled=progress)
