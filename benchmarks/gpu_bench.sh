@@ -221,19 +221,6 @@ if want profile && [ "$(left)" -gt 90 ]; then
         say "ncu $spec rc=$?"
     done
     python3 benchmarks/ncu_kernels.py "$out"/ncu-f16.csv "$out"/ncu-tq3.csv "$out"/ncu-tq3-unfused.csv >> "$sum" 2>&1
-    # the same kinds in real steps (CUDA graphs on): 16 decode steps after one warm-up token, per step
-    if command -v nsys > /dev/null; then
-        for spec in f16 tq3 tq3@unfused; do
-            t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
-            [ "$(left)" -gt 40 ] || break
-            TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) nsys profile -o /tmp/nsys-${spec/@/-} --force-overwrite true \
-                $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 16 -r 1 -d 0 >> "$out/profile.log" 2>&1 &&
-            nsys stats --report cuda_gpu_kern_sum --format csv -o /tmp/nsys-${spec/@/-} /tmp/nsys-${spec/@/-}.nsys-rep >> "$out/profile.log" 2>&1
-            say "nsys $spec rc=$?"
-        done
-        (cd /tmp && python3 "$OLDPWD"/benchmarks/ncu_kernels.py --steps 17 nsys-f16_cuda_gpu_kern_sum.csv nsys-tq3_cuda_gpu_kern_sum.csv \
-            nsys-tq3-unfused_cuda_gpu_kern_sum.csv) >> "$sum" 2>&1
-    fi
 fi
 
 # ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------

@@ -1,13 +1,12 @@
-"""Decode steps kernel by kernel, summed per kind of kernel, side by side, as a Markdown table, from
-ncu CSV files (`ncu --metrics gpu__time_duration.sum --csv`, one step) or nsys kernel summaries
-(`nsys stats --report cuda_gpu_kern_sum --format csv`, divided by --steps).
+"""One decode step kernel by kernel, summed per kind of kernel, side by side, as a Markdown table,
+from ncu CSV files (`ncu --metrics gpu__time_duration.sum --csv`, benchmarks/gpu_bench.sh's
+"profile" step).
 
     python benchmarks/ncu_kernels.py ncu-f16.csv ncu-tq3.csv ncu-tq3-unfused.csv
-    python benchmarks/ncu_kernels.py --steps 17 nsys-f16_cuda_gpu_kern_sum.csv nsys-tq3_cuda_gpu_kern_sum.csv
 
 A column is named after its file (ncu-tq3-unfused.csv -> tq3-unfused). ncu runs every kernel alone
-(CUDA graphs off, caches flushed), so its times are larger than a real step's; nsys times are those
-of the real run (CUDA graphs on). What a cache type adds is the difference between columns.
+(CUDA graphs off, caches flushed), so its times are larger than a real step's; what a cache type
+adds is the difference between columns.
 """
 from __future__ import annotations
 
@@ -29,38 +28,29 @@ KINDS = [
 UNIT_US = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6, "s": 1e6}
 
 
-def read(path: Path, steps: int) -> dict[str, tuple[float, float]]:
-    text = path.read_text(errors="replace").splitlines()
-    nsys = any("Total Time (ns)" in ln for ln in text)
-    lines = [ln for ln in text if ln.startswith('"') or (nsys and ln and not ln.startswith(("=", " ", "Processing", "Generating")))]
-    out: dict[str, list] = {label: [0.0, 0.0] for label, _ in KINDS}
+def read(path: Path) -> dict[str, tuple[int, float]]:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.startswith('"')]
+    out: dict[str, list] = {label: [0, 0.0] for label, _ in KINDS}
     for row in csv.DictReader(lines):
-        if nsys:
-            name, calls, us = row["Name"], int(row["Instances"]) / steps, float(row["Total Time (ns)"]) * 1e-3 / steps
-        elif row.get("Metric Name") == "gpu__time_duration.sum":
-            name, calls = row["Kernel Name"], 1
-            us = float(row["Metric Value"].replace(",", "")) * UNIT_US[row["Metric Unit"]]
-        else:
+        if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        label = next(label for label, pat in KINDS if re.search(pat, name))
-        out[label][0] += calls
+        us = float(row["Metric Value"].replace(",", "")) * UNIT_US[row["Metric Unit"]]
+        label = next(label for label, pat in KINDS if re.search(pat, row["Kernel Name"]))
+        out[label][0] += 1
         out[label][1] += us
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def main(args: list[str]) -> None:
-    steps = 1
-    if args[:1] == ["--steps"]:
-        steps, args = int(args[1]), args[2:]
-    cols = [(Path(p).stem.removeprefix("ncu-").removesuffix("_cuda_gpu_kern_sum"), read(Path(p), steps)) for p in args]
+    cols = [(Path(p).stem.removeprefix("ncu-"), read(Path(p))) for p in args]
     head = "| kernel | " + " | ".join(f"{n}: calls | {n}: µs" for n, _ in cols) + " |"
     print(head)
     print("|---" * (1 + 2 * len(cols)) + "|")
     for label, _ in KINDS:
         if all(c[label][0] == 0 for _, c in cols):
             continue
-        print(f"| {label} | " + " | ".join(f"{c[label][0]:g} | {c[label][1]:.1f}" for _, c in cols) + " |")
-    print("| **total** | " + " | ".join(f"{sum(v[0] for v in c.values()):g} | {sum(v[1] for v in c.values()):.1f}"
+        print(f"| {label} | " + " | ".join(f"{c[label][0]} | {c[label][1]:.1f}" for _, c in cols) + " |")
+    print("| **total** | " + " | ".join(f"{sum(v[0] for v in c.values())} | {sum(v[1] for v in c.values()):.1f}"
                                        for _, c in cols) + " |")
 
 

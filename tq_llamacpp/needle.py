@@ -307,6 +307,7 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
         prompts = {dt: build_prompt(vocab.tokenize, filler, n_ctx, dt[0], keys[dt], max_new_tokens) for dt in order}
 
     threads = threads or os.cpu_count() or 1
+    f16_size = kv_bytes(model_path, "f16", "f16", n_ctx=n_ctx, n_ubatch=n_batch)
     results = []
     for k, v, center in specs:
         label = pair_name(k, v) + (f"@{center}" if center else "") + (f" [{options}]" if options else "")
@@ -318,7 +319,7 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
                     kv_center=center, kv_options=options or None, verbose=False)
         size = kv_bytes(model_path, k, v, n_ctx=n_ctx, n_ubatch=n_batch, kv_options=options or None)
         # with per-layer types the average over the cache, every scale counted
-        bits = 16.0 * size / kv_bytes(model_path, "f16", "f16", n_ctx=n_ctx, n_ubatch=n_batch)
+        bits = 16.0 * size / f16_size
         res = TypeResult(type=label, bits_per_value=bits, kv_mib=size / 2**20, seconds=0.0)
         try:
             prev: list[int] = []

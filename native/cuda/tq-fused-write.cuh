@@ -9,7 +9,8 @@
 // once, applies the element-wise steps and the rotation in registers, and either codes its 64-value
 // blocks into the cache rows (16 lanes per block, tq-quantize.cuh) or stores the rotated floats.
 // The arithmetic is that of the unfused kernels, op for op (binbcast's a - b, a * b, a / b; fwht.cu's
-// butterflies; the SET_ROWS coder), so the fused chain writes the bytes the unfused one writes.
+// butterflies, repeated here because fwht.cu keeps them inside its kernel; the SET_ROWS coder), so
+// the fused chain writes the bytes the unfused one writes.
 // A chain that does not match exactly is left to the unfused kernels.
 // Needs ggml-cuda's common.cuh, ggml-impl.h (use counts) and fwht.cuh first.
 #pragma once
