@@ -10,7 +10,11 @@ measured end to end. Writes benchmarks/results/layer-bits-<model>.{md,json}.
 
 --layers restricts the single-layer runs to those layers (a screen at few chunks, then the
 candidates it finds at more). --configs "k10:tq4;v6:tq2,..." measures just those settings (and
-tq3 everywhere), e.g. at another context size.
+the base everywhere), e.g. at another context size.
+
+--base tq2 --moves k:tq3,k:tq4,v:tq3 --budgets 2.5 starts from another type and, instead of the
+pairs, spends a budget of bits per value (every K and V tensor counted, scales included): the
+moves with the largest measured gain per added bit first, at most one per layer and side.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import re
 from pathlib import Path
 
 from tq_llamacpp import compare as cmp
+from tq_llamacpp.cache_types import cache_type
 from tq_llamacpp._libs import tool
 from tq_llamacpp.data import model_path, text_path
 from tq_llamacpp.gguf_meta import read_metadata
@@ -66,6 +71,46 @@ def write_md(path: Path, model: str, ctx: int, chunks: int, command: str, base: 
     path.write_text("\n".join(md) + "\n")
 
 
+def budget_rows(a, model: Path, text: Path, base: float, layers: list[int], n_layer: int, delta: dict) -> None:
+    """Spend each budget (average bits per value over the 2 * n_layer tensors) on the moves with
+    the largest measured gain per added bit, one move per layer and side."""
+    b0 = cache_type(a.base).bits_per_value
+    cand = sorted(((delta[mv][il] / (cache_type(mv.split(":")[1]).bits_per_value - b0), mv, il)
+                   for mv in delta for il in layers if delta[mv][il] < 0))
+    rows = []
+    for budget in (float(x) for x in a.budgets.split(",")):
+        bits, moved, pred = 2 * n_layer * b0, {}, base
+        for _, mv, il in cand:
+            side, t = mv.split(":")
+            extra = cache_type(t).bits_per_value - b0
+            if il in moved.get(side, {}) or (bits + extra) / (2 * n_layer) > budget + 1e-9:
+                continue
+            moved.setdefault(side, {})[il] = t
+            bits += extra
+            pred += delta[mv][il]
+        setting = spec(moved)
+        rows.append({"budget": budget, "bits": bits / (2 * n_layer), "layers": setting, "predicted": pred,
+                     "measured": kld(model, text, a.ctx, a.chunks, setting, a.base, a.base)})
+        print(rows[-1], flush=True)
+    out = Path(__file__).parent / "results" / f"layer-bits-{a.model}-{a.base}-c{a.ctx}-{a.chunks}ch"
+    out.with_suffix(".json").write_text(json.dumps({"base_type": a.base, "base": base, "delta": delta, "rows": rows,
+                                                    "ctx": a.ctx, "chunks": a.chunks}, indent=1))
+    command = (f"python benchmarks/layer_bits_study.py --model {a.model} --base {a.base} --moves {a.moves} "
+               f"--chunks {a.chunks} --budgets {a.budgets}")
+    md = [f"# Bits per layer from a {a.base} cache, {a.model} (ctx {a.ctx}, {a.chunks} chunks of Pride and Prejudice)",
+          "", f"`{command}`: KLD against f16 of {a.base} everywhere = {base:.5f}; the change when one layer's K "
+          "or V alone moves to the named type:", "", "| layer | " + " | ".join(delta) + " |",
+          "|---|" + "---|" * len(delta)]
+    md += [f"| {i} | " + " | ".join(f"{d[i]:+.5f}" for d in delta.values()) + " |" for i in layers]
+    md += ["", "The largest gains per added bit within each budget (bits per value over every K and V tensor, "
+           "scales included):", "", "| budget | bits | layers | sum of the single moves | measured |",
+           "|---|---|---|---|---|"]
+    md += [f"| {r['budget']} | {r['bits']:.3f} | `{r['layers']}` | {r['predicted']:.5f} | {r['measured']:.5f} |"
+           for r in rows]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out}.md")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -75,28 +120,34 @@ def main() -> None:
     ap.add_argument("--pairs", default="2,4,8")
     ap.add_argument("--layers", default=None)
     ap.add_argument("--configs", default=None)
+    ap.add_argument("--base", default="tq3")
+    ap.add_argument("--budgets", default=None)
     a = ap.parse_args()
     model, text = model_path(a.model), text_path("pride-and-prejudice")
+    b = a.base
     if a.configs:
         print(f"`python benchmarks/layer_bits_study.py --model {a.model} --ctx {a.ctx} --chunks {a.chunks} "
-              f"--configs {a.configs}`\n\n| setting (tq3 cache) | KLD |\n|---|---|")
+              f"--base {b} --configs {a.configs}`\n\n| setting ({b} cache) | KLD |\n|---|---|")
         for c in [""] + a.configs.split(","):
-            print(f"| {c or 'tq3 everywhere'} | {kld(model, text, a.ctx, a.chunks, c):.5f} |", flush=True)
+            print(f"| {c or b + ' everywhere'} | {kld(model, text, a.ctx, a.chunks, c, b, b):.5f} |", flush=True)
         return
     n_layer = next(v for k, v in read_metadata(model).items() if k.endswith(".block_count"))
     layers = [int(x) for x in a.layers.split(",")] if a.layers else list(range(n_layer))
-    base = kld(model, text, a.ctx, a.chunks, "")
-    print(f"all tq3: {base:.5f}", flush=True)
+    base = kld(model, text, a.ctx, a.chunks, "", b, b)
+    print(f"all {b}: {base:.5f}", flush=True)
     delta: dict[str, list[float]] = {}
     for mv in a.moves.split(","):
         side, t = mv.split(":")
         delta[mv] = {}
         for il in layers:
-            d = kld(model, text, a.ctx, a.chunks, spec({side: {il: t}})) - base
+            d = kld(model, text, a.ctx, a.chunks, spec({side: {il: t}}), b, b) - base
             delta[mv][il] = d
             print(f"{mv} layer {il}: {d:+.5f}", flush=True)
-    # greedy: the n layers that gain most from tq4 K against the n that lose least with tq2 V
     rows = []
+    if a.budgets:
+        budget_rows(a, model, text, base, layers, n_layer, delta)
+        return
+    # greedy: the n layers that gain most from tq4 K against the n that lose least with tq2 V
     up, down = (m for m in a.moves.split(","))
     order_up = sorted(layers, key=lambda i: delta[up][i])
     order_down = sorted(layers, key=lambda i: delta[down][i])
