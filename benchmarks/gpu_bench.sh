@@ -18,6 +18,7 @@
 #   # the device tool: run(command="bash benchmarks/gpu_bench.sh", carry=[".tqdev"])
 #
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
+#   break (not by default, after "pip"): the fused paths' tests against deliberately broken code
 #   profile (not by default): ncu, one decode step at depth 0 kernel by kernel, f16 / tq3 / tq3 with
 #           TQ_CUDA_FUSED_WRITE=0, summed per kind of kernel (benchmarks/ncu_kernels.py)
 # Steps not run by default:
@@ -34,7 +35,8 @@
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
 # TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type written "tq3@vec" runs with
-# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0.
+# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@chains" with 1 (the chains
+# fused, not the output's un-rotation), "tq3@unrot" with 2 (the reverse).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -127,8 +129,11 @@ if want test; then
     r1=$?
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'type_[KV]=tq' >> "$out/tests.log" 2>&1
     r2=$?
-    # the fused cache write and query chain (native/cuda/tq-fused-write.cuh) against the CPU's ops one by one
+    # the fused cache write and query chain (native/cuda/tq-fused-write.cuh) against the CPU's ops one by
+    # one, alone and as one layer's attention (the chains side by side, the output's un-rotation)
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o TQ_FUSED_WRITE >> "$out/tests.log" 2>&1
+    r2=$((r2 | $?))
+    timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o TQ_ATTN_LAYER >> "$out/tests.log" 2>&1
     r2=$((r2 | $?))
     # upstream's own types next to ours: the patch must not have broken them
     timeout 60 $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'hsk=128.*type_K=(q8_0|f16),type_V=(q8_0|f16)' >> "$out/tests.log" 2>&1
@@ -136,6 +141,28 @@ if want test; then
     say "tests rc=$r1/$r2/$r3: $(grep -cE '^ +[A-Z_]+\(.*OK' "$out/tests.log") OK, $(grep -cE 'FAIL' "$out/tests.log") FAIL, $(grep -c 'not supported' "$out/tests.log") not supported; $(grep -E 'tests passed|Backend .*: (OK|FAIL)' "$out/tests.log" | tr '\n' ' ')"
     grep -E 'FAIL' "$out/tests.log" | head -30 >> "$sum"
     grep -E 'no FlashAttention vector kernel' "$out/tests.log" | sort -u | head >> "$sum"
+fi
+
+# ---- 3'. the fused paths' tests fail when the code they check is broken ("break", needs "pip": its
+# build tree): each break is one edit of native/cuda, a rebuild of test-backend-ops, the tests, the edit undone
+if want break && [ -d /tmp/tq-pip-build ]; then
+    brk() { # what, file, sed expression, test-backend-ops -o
+        local what=$1 f=$2 e=$3 ops=$4 t
+        cp "$f" /tmp/tq-break.orig
+        sed -i "$e" "$f"
+        if cmp -s "$f" /tmp/tq-break.orig; then say "break $what: the edit changed nothing"; return; fi
+        echo "== break $what: $e" >> "$out/break.log"
+        timeout $(( $(left) - 40 )) cmake --build /tmp/tq-pip-build -j "$jobs" --target test-backend-ops >> "$out/break.log" 2>&1
+        t=$(find /tmp/tq-pip-build -name test-backend-ops -type f -perm -u+x | head -1)
+        timeout $(( $(left) - 30 )) "$t" -b CUDA0 -o "$ops" > /tmp/tq-break.log 2>&1
+        cat /tmp/tq-break.log >> "$out/break.log"
+        say "break $what ($ops): $(grep -cE 'TQ_[A-Z_]+\(.*OK' /tmp/tq-break.log) OK, $(grep -cE 'TQ_[A-Z_]+\(.*FAIL' /tmp/tq-break.log) FAIL"
+        cp /tmp/tq-break.orig "$f"
+    }
+    [ "$(left)" -gt 100 ] && brk "un-rotation skipped" native/cuda/tq-fused-write.cuh \
+        's/(float \*) rot->data, (int) rot->ne\[0\])/(float *) rot->data, 0)/' TQ_ATTN_LAYER
+    [ "$(left)" -gt 100 ] && brk "second chain reads the first's fields" native/cuda/tq-fused-write.cuh \
+        's/tq_fused_chain_segment<N>(cs.c\[1\]/tq_fused_chain_segment<N>(cs.c[0]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
 fi
 
 # ---- 4. kernel-level decode attention over 32K keys ---------------------------------------------
@@ -152,8 +179,8 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=1
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=3
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@chains) fused=1 ;; *@unrot) fused=2 ;; esac
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
         echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused)" >> "$out/bench.log"
         TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
@@ -214,7 +241,7 @@ if want profile && [ "$(left)" -gt 90 ]; then
     # a first run keeps the calibration (its kv-calib file), so that the profiled run holds the decode step only
     $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk tq3 -ctv tq3 -p 0 -n 1 -r 1 >> "$out/profile.log" 2>&1
     for spec in f16 tq3 tq3@unfused; do
-        t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
+        t=${spec%@*}; fused=3; [ "$t" != "$spec" ] && fused=0
         [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
         TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv \
             $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"
@@ -233,6 +260,9 @@ if want sanitize && [ "$(left)" -gt 60 ]; then
       echo "== memcheck + racecheck test-backend-ops (the fused write, tq3 and the query's chain)"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=(tq3|f32),'; echo "rc=$?"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=tq3,'; echo "rc=$?"
+      echo "== memcheck + racecheck test-backend-ops (one layer's attention: the chains side by side, the un-rotation)"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER; echo "rc=$?"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER -p 'type_k=tq3,'; echo "rc=$?"
       echo "== racecheck test-backend-ops (tq3 vec decode)"
       timeout $(( $(left) - 20 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o FLASH_ATTN_EXT \
           -p 'hsk=128,.*kv=512,nb=1,.*type_K=tq3,type_V=tq3'; echo "rc=$?"
