@@ -35,8 +35,7 @@
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
 # TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type written "tq3@vec" runs with
-# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@chains" with 1 (the chains
-# fused, not the output's un-rotation), "tq3@unrot" with 2 (the reverse).
+# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -130,7 +129,7 @@ if want test; then
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'type_[KV]=tq' >> "$out/tests.log" 2>&1
     r2=$?
     # the fused cache write and query chain (native/cuda/tq-fused-write.cuh) against the CPU's ops one by
-    # one, alone and as one layer's attention (the chains side by side, the output's un-rotation)
+    # one, alone and in one layer's attention (the chains, the writes, the attention, the un-rotation)
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o TQ_FUSED_WRITE >> "$out/tests.log" 2>&1
     r2=$((r2 | $?))
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o TQ_ATTN_LAYER >> "$out/tests.log" 2>&1
@@ -159,10 +158,10 @@ if want break && [ -d /tmp/tq-pip-build ]; then
         say "break $what ($ops): $(grep -cE 'TQ_[A-Z_]+\(.*OK' /tmp/tq-break.log) OK, $(grep -cE 'TQ_[A-Z_]+\(.*FAIL' /tmp/tq-break.log) FAIL"
         cp /tmp/tq-break.orig "$f"
     }
-    [ "$(left)" -gt 100 ] && brk "un-rotation skipped" native/cuda/tq-fused-write.cuh \
-        's/(float \*) rot->data, (int) rot->ne\[0\])/(float *) rot->data, 0)/' TQ_ATTN_LAYER
-    [ "$(left)" -gt 100 ] && brk "second chain reads the first's fields" native/cuda/tq-fused-write.cuh \
-        's/tq_fused_chain_segment<N>(cs.c\[1\]/tq_fused_chain_segment<N>(cs.c[0]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
+    [ "$(left)" -gt 100 ] && brk "K's factors not applied" native/cuda/tq-fused-write.cuh \
+        's/if (pm) { v = v \* pm\[j\]; }/if (pm) { v = v; }/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
+    [ "$(left)" -gt 100 ] && brk "the query's output one segment off" native/cuda/tq-fused-write.cuh \
+        's/out\[e0 + i \* W + lane\] = reg\[i\]/out[(e0 + N) % (n_seg * N) + i * W + lane] = reg[i]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
 fi
 
 # ---- 4. kernel-level decode attention over 32K keys ---------------------------------------------
@@ -179,8 +178,8 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=3
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@chains) fused=1 ;; *@unrot) fused=2 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=1
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; esac
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
         echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused)" >> "$out/bench.log"
         TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
@@ -241,7 +240,7 @@ if want profile && [ "$(left)" -gt 90 ]; then
     # a first run keeps the calibration (its kv-calib file), so that the profiled run holds the decode step only
     $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk tq3 -ctv tq3 -p 0 -n 1 -r 1 >> "$out/profile.log" 2>&1
     for spec in f16 tq3 tq3@unfused; do
-        t=${spec%@*}; fused=3; [ "$t" != "$spec" ] && fused=0
+        t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
         [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
         TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv \
             $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"

@@ -107,7 +107,7 @@ struct tq_fa_decode_kparams {
     const char * V;
     const char * mask;     // f16, NULL: none
     float      * dst;
-    float      * part;     // [row][split][D] unnormalized outputs, when write_part
+    float      * part;     // [row][split][D] unnormalized outputs, n_splits > 1
     float2     * part_ml;  // [row][split] (max, sum) in the log2 domain
     int64_t nbq1, nbq2, nbq3;
     int64_t nbk1, nbk2, nbk3;
@@ -122,7 +122,6 @@ struct tq_fa_decode_kparams {
     int     n_rows;        // G * n_tokens rows per KV head
     int     n_chunks;      // ceil(n_rows / RB)
     int     n_splits;
-    int     write_part;    // the splits' partial results go to part, the combine writes dst (n_splits > 1 or a rotation)
     int     tiles_per_split;
     float   qscale;        // softmax scale * log2(e)
 };
@@ -689,7 +688,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         const int tok  = row / p.G;
         const int head = kvh * p.G + (row - tok * p.G);
         const int64_t rg = ((int64_t) seq * p.n_tokens + tok) * p.n_q_heads + head; // dst row: [D, heads, tokens, seqs]
-        if (!p.write_part) {
+        if (p.n_splits == 1) {
             // every key masked: 0, as the CPU backend writes
             p.dst[rg * D + dd] = L > 0.0f ? a / L : 0.0f;
         } else {
@@ -701,13 +700,10 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     }
 }
 
-// dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s; then, with n_rot > 0,
-// each n_rot values of the row times the orthonormal Walsh-Hadamard matrix (the un-rotation llama
-// builds after the attention), with fwht.cu's scaling and butterflies in its order
+// dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s
 template <int D>
 static __global__ void __launch_bounds__(D)
-tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits,
-                     const int n_rot, const float rot_scale) {
+tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits) {
     const int64_t row = blockIdx.x;
     const int dd = threadIdx.x;
     part += row * n_splits * D;
@@ -725,21 +721,7 @@ tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict_
         a += f * part[s * D + dd];
         L += f * v.y;
     }
-    const float o = L > 0.0f ? a / L : 0.0f;
-    if (n_rot == 0) {
-        dst[row * D + dd] = o;
-        return;
-    }
-    __shared__ float s[D];
-    s[dd] = o * rot_scale;
-    for (int h = 1; h < n_rot; h <<= 1) {
-        __syncthreads();
-        const float u = s[dd];
-        const float w = s[dd ^ h];
-        __syncthreads();
-        s[dd] = (dd & h) == 0 ? u + w : w - u;
-    }
-    dst[row * D + dd] = s[dd];
+    dst[row * D + dd] = L > 0.0f ? a / L : 0.0f;
 }
 
 // ---- host side --------------------------------------------------------------------------------
@@ -758,7 +740,6 @@ struct tq_fa_decode_args {
     const void * mask; int64_t nbm1, nbm3; int nem3;
     float scale;
     float * dst;
-    int n_rot;         // > 0: dst gets the output times the Hadamard matrix of this size (64..D, a power of 2)
 };
 
 typedef void (*tq_fa_kernel_t)(const tq_fa_decode_kparams);
@@ -766,7 +747,7 @@ typedef void (*tq_fa_kernel_t)(const tq_fa_decode_kparams);
 struct tq_fa_decode_plan {
     tq_fa_kernel_t kernel;
     int RB, TK, n_chunks, n_splits, tiles_per_split, blocks_per_sm;
-    size_t scratch_floats; // 0 with one split and no rotation
+    size_t scratch_floats; // 0 with one split
 };
 
 struct tq_fa_kernel_info {
@@ -826,7 +807,6 @@ static inline bool tq_fa_decode_supported(const tq_fa_decode_args & a) {
     const bool pair = (a.k_bits == a.v_bits && a.k_bits >= 2 && a.k_bits <= 4) || (a.k_bits == 4 && (a.v_bits == 3 || a.v_bits == 2));
     if (!pair || !(a.D == 64 || a.D == 128 || a.D == 256)) return false;
     if (a.n_tokens < 1 || a.n_tokens > 8 || a.n_kv < 1 || a.n_seq < 1) return false;
-    if (a.n_rot != 0 && (a.n_rot < 64 || a.n_rot > a.D || (a.n_rot & (a.n_rot - 1)) != 0)) return false;
     if (a.n_kv_heads < 1 || a.n_q_heads < a.n_kv_heads || a.n_q_heads % a.n_kv_heads != 0) return false;
     if (!a.Q || !a.K || !a.V || !a.dst) return false;
     // tq rows are made of 2-byte fields: every row must start at an even address
@@ -865,15 +845,14 @@ static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args &
     pl.tiles_per_split = (int) ((ntiles + want - 1) / want);
     pl.n_splits = (ntiles + pl.tiles_per_split - 1) / pl.tiles_per_split;
     const size_t rows_total = (size_t) a.n_seq * a.n_tokens * a.n_q_heads;
-    pl.scratch_floats = pl.n_splits > 1 || a.n_rot > 0 ? rows_total * pl.n_splits * (a.D + 2) : 0;
+    pl.scratch_floats = pl.n_splits > 1 ? rows_total * pl.n_splits * (a.D + 2) : 0;
     return pl;
 }
 
-// Launches the decode (and the combine when the keys are split or the output rotated). scratch:
-// plan.scratch_floats floats of device memory (may be NULL when that is 0).
+// Launches the decode (and the combine when the keys are split). scratch: plan.scratch_floats
+// floats of device memory (may be NULL when that is 0).
 static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const tq_fa_decode_plan & pl, float * scratch, cudaStream_t stream) {
-    const bool write_part = pl.n_splits > 1 || a.n_rot > 0;
-    if (!pl.kernel || (write_part && !scratch)) {
+    if (!pl.kernel || (pl.n_splits > 1 && !scratch)) {
         return cudaErrorInvalidValue;
     }
     const size_t rows_total = (size_t) a.n_seq * a.n_tokens * a.n_q_heads;
@@ -886,8 +865,8 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.V = (const char *) a.V;
     p.mask = (const char *) a.mask;
     p.dst = a.dst;
-    p.part = write_part ? scratch : nullptr;
-    p.part_ml = write_part ? (float2 *) (scratch + rows_total * pl.n_splits * a.D) : nullptr;
+    p.part = pl.n_splits > 1 ? scratch : nullptr;
+    p.part_ml = pl.n_splits > 1 ? (float2 *) (scratch + rows_total * pl.n_splits * a.D) : nullptr;
     p.nbq1 = a.nbq1; p.nbq2 = a.nbq2; p.nbq3 = a.nbq3;
     p.nbk1 = a.nbk1; p.nbk2 = a.nbk2; p.nbk3 = a.nbk3;
     p.nbv1 = a.nbv1; p.nbv2 = a.nbv2; p.nbv3 = a.nbv3;
@@ -906,21 +885,19 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.n_rows = p.G * a.n_tokens;
     p.n_chunks = pl.n_chunks;
     p.n_splits = pl.n_splits;
-    p.write_part = write_part;
     p.tiles_per_split = pl.tiles_per_split;
     p.qscale = a.scale * TQ_FA_LOG2E;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
     pl.kernel<<<grid, TQ_FA_NT, 0, stream>>>(p);
     cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess || !write_part) {
+    if (err != cudaSuccess || pl.n_splits == 1) {
         return err;
     }
-    const float rs = a.n_rot > 0 ? 1 / sqrtf(a.n_rot) : 1.0f; // fwht.cu's scale
     switch (a.D) {
-        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits, a.n_rot, rs); break;
-        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits, a.n_rot, rs); break;
-        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits, a.n_rot, rs); break;
+        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
     }
     return cudaGetLastError();
 }
@@ -939,11 +916,7 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 
 // FLASH_ATTN_EXT on tq2/tq3/tq4 K/V for 1..8 query tokens; false (nothing launched) for anything
 // else, which then takes the generic kernels. TQ_CUDA_FA_DECODE=0 switches it off (A/B timing).
-// The result goes to out (dst's layout, contiguous f32); with n_rot > 0 it is first multiplied by
-// the Hadamard matrix of that size, the un-rotation that ggml-cuda runs as fwht.cu's MUL_MAT
-// (tq-fused-write.cuh matches that node and calls this; external linkage for that reason: the
-// kernels are compiled once, in fattn.cu).
-bool tq_cuda_fa_decode_ggml(ggml_backend_cuda_context & ctx, const ggml_tensor * dst, float * out, const int n_rot) {
+static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
         return e == nullptr || atoi(e) != 0;
@@ -1004,8 +977,7 @@ bool tq_cuda_fa_decode_ggml(ggml_backend_cuda_context & ctx, const ggml_tensor *
         a.mask = mask->data; a.nbm1 = mask->nb[1]; a.nbm3 = mask->nb[3]; a.nem3 = (int) mask->ne[3];
     }
     a.scale = scale;
-    a.dst = out;
-    a.n_rot = n_rot;
+    a.dst = (float *) dst->data;
     if (!tq_fa_decode_supported(a)) {
         return false;
     }
@@ -1020,10 +992,6 @@ bool tq_cuda_fa_decode_ggml(ggml_backend_cuda_context & ctx, const ggml_tensor *
     }
     CUDA_CHECK(tq_fa_decode_launch(a, pl, scratch.ptr, ctx.stream()));
     return true;
-}
-
-static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
-    return tq_cuda_fa_decode_ggml(ctx, dst, (float *) dst->data, 0);
 }
 
 #endif // TQ_FA_DECODE_GGML
