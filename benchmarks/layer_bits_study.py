@@ -56,14 +56,20 @@ def spec(side_layers: dict[str, dict[int, str]]) -> str:
     return ";".join(parts)
 
 
+def delta_table(delta: dict, layers: list[int]) -> list[str]:
+    """The single moves' changes as Markdown rows, a column per move."""
+    rows = ["| layer | " + " | ".join(delta) + " |", "|---|" + "---|" * len(delta)]
+    return rows + [f"| {i} | " + " | ".join(f"{d.get(i, d.get(str(i))):+.5f}" for d in delta.values()) + " |"
+                   for i in layers]
+
+
 def write_md(path: Path, model: str, ctx: int, chunks: int, command: str, base: float, delta: dict,
              rows: list) -> None:
     layers = sorted({int(i) for d in delta.values() for i in d})
     md = [f"# One layer's bits at a time, {model} (tq3 cache, ctx {ctx}, {chunks} chunks of Pride and Prejudice)",
           "", f"`{command}`: KLD against f16 of tq3 everywhere = {base:.5f}; the change when one layer "
           "moves (layer: K or V of that layer alone in the named type):", "",
-          "| layer | " + " | ".join(delta) + " |", "|---|" + "---|" * len(delta)]
-    md += [f"| {i} | " + " | ".join(f"{d.get(i, d.get(str(i))):+.5f}" for d in delta.values()) + " |" for i in layers]
+          *delta_table(delta, layers)]
     md += ["", "Greedy pairs (the layers whose K gains most with tq4, the layers whose V loses least with tq2; "
            "3.25 bits per value on average, as tq3):", "",
            "| pairs moved | layers | sum of the single moves | measured |", "|---|---|---|---|"]
@@ -99,9 +105,7 @@ def budget_rows(a, model: Path, text: Path, base: float, layers: list[int], n_la
                f"--chunks {a.chunks} --budgets {a.budgets}")
     md = [f"# Bits per layer from a {a.base} cache, {a.model} (ctx {a.ctx}, {a.chunks} chunks of Pride and Prejudice)",
           "", f"`{command}`: KLD against f16 of {a.base} everywhere = {base:.5f}; the change when one layer's K "
-          "or V alone moves to the named type:", "", "| layer | " + " | ".join(delta) + " |",
-          "|---|" + "---|" * len(delta)]
-    md += [f"| {i} | " + " | ".join(f"{d[i]:+.5f}" for d in delta.values()) + " |" for i in layers]
+          "or V alone moves to the named type:", "", *delta_table(delta, layers)]
     md += ["", "The largest gains per added bit within each budget (bits per value over every K and V tensor, "
            "scales included):", "", "| budget | bits | layers | sum of the single moves | measured |",
            "|---|---|---|---|---|"]
