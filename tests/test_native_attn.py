@@ -140,7 +140,7 @@ def test_masked_keys_are_never_read(isa):
 
 @pytest.mark.parametrize("field,value,status", [
     ("n_rows", 0, "TQ_ERR_LENGTH"), ("n_rows", 17, "TQ_ERR_LENGTH"), ("dk", 96, "TQ_ERR_LENGTH"),
-    ("dv", 1024, "TQ_ERR_LENGTH"), ("n_kv", -1, "TQ_ERR_LENGTH"), ("k_type", 5, "TQ_ERR_TYPE"),
+    ("dv", 1024, "TQ_ERR_LENGTH"), ("n_kv", -1, "TQ_ERR_LENGTH"), ("k_type", 7, "TQ_ERR_TYPE"),
     ("v_type", -1, "TQ_ERR_TYPE"), ("k", None, "TQ_ERR_NULL"),
 ])
 def test_bad_arguments_touch_nothing(field, value, status):

@@ -12,6 +12,12 @@
  *   1-bit plane qh[8]:   code bit  2   of value j = (qh[j % 8]  >> (j / 8)) & 1
  *   4-bit plane qs[32]:  code of value j          = (qs[j % 32] >> (4 * (j / 32))) & 15
  *   sign plane qj[8]:    QJL sign of coordinate j = (qj[j % 8]  >> (j / 8)) & 1   (1 = +)
+ *
+ * The trellis-coded types (tq2t, tq3t; tq-math.h) store a b-bit code per value as one trellis
+ * branch bit and b-1 level bits. The branch bits are one little-endian 64-bit word, bit j for
+ * value j (the decoder shifts the whole word to find every value's trellis state at once):
+ *   branch word qu[8]:   branch bit of value j    = (qu[j / 8] >> (j % 8)) & 1
+ *   level bits:          tq3t in a 2-bit plane qs[16] as above, tq2t in a word ql[8] like qu
  */
 #ifndef TQ_BLOCKS_H
 #define TQ_BLOCKS_H
@@ -39,6 +45,18 @@ typedef struct {
     uint8_t qs[TQ_BLOCK / 2];
 } block_tq4;
 
+typedef struct {
+    tq_half d;
+    uint8_t qu[TQ_BLOCK / 8];
+    uint8_t ql[TQ_BLOCK / 8];
+} block_tq2t;
+
+typedef struct {
+    tq_half d;
+    uint8_t qs[TQ_BLOCK / 4];
+    uint8_t qu[TQ_BLOCK / 8];
+} block_tq3t;
+
 /* TurboQuant_prod (QJL): a (b-1)-bit MSE code, then the signs of S*r for the residual
  * r = x - x_mse under a fixed randomized Hadamard S, and gamma = |r| (fp16). */
 typedef struct {
@@ -64,6 +82,8 @@ typedef struct {
 TQ_STATIC_ASSERT(sizeof(block_tq2) == 2 + 16, "block_tq2 size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3) == 2 + 16 + 8, "block_tq3 size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq4) == 2 + 32, "block_tq4 size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tq2t) == 2 + 8 + 8, "block_tq2t size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tq3t) == 2 + 16 + 8, "block_tq3t size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3j) == 4 + 16 + 8, "block_tq3j size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq4j) == 4 + 16 + 8 + 8, "block_tq4j size/padding");
 

@@ -38,7 +38,9 @@ typedef enum {
     TQ_TYPE_TQ4 = 2, /* 4-bit codes, 4.25 bits/value  */
     TQ_TYPE_TQ3J = 3, /* QJL: 2-bit codes + 1-bit residual signs, 3.5 bits/value */
     TQ_TYPE_TQ4J = 4, /* QJL: 3-bit codes + 1-bit residual signs, 4.5 bits/value */
-    TQ_TYPE_COUNT = 5
+    TQ_TYPE_TQ2T = 5, /* trellis-coded (TCQ), 2 bits/value: 2.25 bits/value */
+    TQ_TYPE_TQ3T = 6, /* trellis-coded (TCQ), 3 bits/value: 3.25 bits/value */
+    TQ_TYPE_COUNT = 7
 } tq_type;
 
 typedef enum {

@@ -1,9 +1,10 @@
 /* The flash-attention loop over tq K/V rows (tq_ggml_attn_f32), written once and instantiated by
  * each ISA file, which defines before including it:
  *   TQ_ATTN_NAME                         the kernel's name
- *   TQ_ATTN_OWN_DECODERS                 (optional) decode tq2/tq3/tq4 rows with the file's own
- *                                        dequantize_tq2/3/4, inlined; else (the portable file, which
- *                                        NEON shares) and for the QJL types, the active table's
+ *   TQ_ATTN_OWN_DECODERS                 (optional) decode tq2/tq3/tq4/tq2t/tq3t rows with the
+ *                                        file's own dequantize_tq2/3/4/2t/3t, inlined; else (the
+ *                                        portable file, which NEON shares) and for the QJL types,
+ *                                        the active table's
  *   attn_dot(a, b, n)                    sum of a[i] * b[i]
  *   attn_accum(acc, p, rows, nt, n)      acc[i] += sum_j<nt p[j] * rows[j * n + i], skipping every
  *                                        j with p[j] == 0 (a masked key: its row may not be decoded)
@@ -22,6 +23,8 @@ static inline void attn_decode(int type, const void *row, float *out, int n) {
     case TQ_TYPE_TQ2: dequantize_tq2(row, out, (size_t)n / TQ_BLOCK); return;
     case TQ_TYPE_TQ3: dequantize_tq3(row, out, (size_t)n / TQ_BLOCK); return;
     case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ2T: dequantize_tq2t(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ3T: dequantize_tq3t(row, out, (size_t)n / TQ_BLOCK); return;
     default: break;
     }
 #endif

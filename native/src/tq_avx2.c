@@ -1,4 +1,5 @@
-/* AVX2 + FMA + F16C kernels for tq2/tq3/tq4 (compiled with TQ_CFLAGS_AVX2 for this file only).
+/* AVX2 + FMA + F16C kernels for tq2/tq3/tq4 and tq2t/tq3t (compiled with TQ_CFLAGS_AVX2 for this
+ * file only).
  * Quantize reproduces the portable arithmetic step for step (tq_impl.h), so codes and scales are
  * bit-identical; dequantize is one multiply per value, also identical; dot uses FMA and differs
  * from the portable sum only by rounding. The QJL types stay on the portable kernels. */
@@ -265,6 +266,66 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return hsum(acc);
 }
 
+/* ---- the trellis-coded types (tq-math.h): the encoder of tq_tcq_x86.h; the decoder builds each
+ * value's index 4 * level + subset, 8 values at a time, then looks it up in the (b+1)-bit codebook ---- */
+
+#include "tq_tcq_x86.h"
+
+/* lanes i of bits 8g+i of w, as `one` where set */
+static inline __m256i tcq_bits8(uint64_t w, int g, int one) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)((w >> (8 * g)) & 0xff)), sel);
+    return _mm256_and_si256(_mm256_cmpeq_epi32(b, sel), _mm256_set1_epi32(one));
+}
+
+/* the codebook index of values 8g..8g+7: the level bits from tq3t's 2-bit plane qs (value j in byte
+ * j % 16, bits 2 * (j / 16)) or tq2t's level word l, then the subset bits */
+static inline __m256i tcq_index8(const uint8_t *qs, uint64_t l, uint64_t z1, uint64_t z0, int g) {
+    __m256i base;
+    if (qs) {
+        const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * (g & 1))));
+        base = _mm256_slli_epi32(_mm256_and_si256(_mm256_srl_epi32(a, _mm_cvtsi32_si128(2 * (g >> 1))),
+                                                  _mm256_set1_epi32(3)), 2);
+    } else {
+        base = tcq_bits8(l, g, 4);
+    }
+    return _mm256_or_si256(base, _mm256_or_si256(tcq_bits8(z1, g, 2), tcq_bits8(z0, g, 1)));
+}
+
+/* qs: tq3t's level plane, or NULL and tq2t's level word l */
+static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, const uint8_t *qu, tq_half dh,
+                                     float *out) {
+    __m256 t_lo, t_hi;
+    tables(bits + 1, &t_lo, &t_hi);
+    uint64_t z1, z0;
+    tq_tcq_subset_words(tcq_word(qu), &z1, &z0);
+    const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
+    for (int g = 0; g < 8; g++)
+        _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits + 1, tcq_index8(qs, l, z1, z0, g), t_lo, t_hi)));
+}
+
+static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
+    const block_tq2t *y = (const block_tq2t *)vy;
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(2, NULL, tcq_word(y[i].ql), y[i].qu, y[i].d, x + i * TQ_BLOCK);
+}
+static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
+    const block_tq3t *y = (const block_tq3t *)vy;
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(3, y[i].qs, 0, y[i].qu, y[i].d, x + i * TQ_BLOCK);
+}
+
+static inline float tcq_dot(int bits, const float *q, const void *vy, size_t nb) {
+    float x[TQ_BLOCK] __attribute__((aligned(32)));
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {
+        if (bits == 3) dequantize_tq3t((const block_tq3t *)vy + i, x, 1);
+        else dequantize_tq2t((const block_tq2t *)vy + i, x, 1);
+        for (int g = 0; g < 8; g++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), _mm256_load_ps(x + 8 * g), acc);
+    }
+    return hsum(acc);
+}
+static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, q, vy, nb); }
+static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, q, vy, nb); }
+
 /* ---- attention (tq_attn.h) ---- */
 
 static inline float attn_dot(const float *a, const float *b, int n) {
@@ -315,6 +376,12 @@ void tq_kernels_avx2(tq_kernels *k) {
     k->dot[TQ_TYPE_TQ2] = dot_tq2;
     k->dot[TQ_TYPE_TQ3] = dot_tq3;
     k->dot[TQ_TYPE_TQ4] = dot_tq4;
+    k->quantize[TQ_TYPE_TQ2T] = quantize_tq2t;
+    k->quantize[TQ_TYPE_TQ3T] = quantize_tq3t;
+    k->dequantize[TQ_TYPE_TQ2T] = dequantize_tq2t;
+    k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
+    k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
+    k->dot[TQ_TYPE_TQ3T] = dot_tq3t;
     k->attn = attn_avx2;
 }
 

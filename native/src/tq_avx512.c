@@ -1,4 +1,5 @@
-/* AVX-512 (F + BW + VL) kernels for tq2/tq3/tq4 (compiled with TQ_CFLAGS_AVX512 for this file only).
+/* AVX-512 (F + BW + VL) kernels for tq2/tq3/tq4 and tq2t/tq3t (compiled with TQ_CFLAGS_AVX512 for
+ * this file only).
  *
  * One zmm holds the 16 lanes of the canonical order (tq_impl.h): x[r] = values 16r..16r+15, so a
  * single accumulator s = x[0]*x[0]; s = s + x[r]*x[r] (r = 1, 2, 3) is exactly the portable lane
@@ -266,6 +267,66 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return _mm512_reduce_add_ps(acc);
 }
 
+/* ---- the trellis-coded types (tq-math.h): the encoder of tq_tcq_x86.h; the decoder builds each
+ * value's 4-bit index 4 * level + subset from the level bits and the branch word, then one lookup
+ * in the (b+1)-bit codebook ---- */
+
+#include "tq_tcq_x86.h"
+
+static inline void tcq_unpack(int bits, const void *blk, __m512i idx[4]) {
+    uint64_t z1, z0;
+    __m512i base[4];
+    if (bits == 3) {
+        const block_tq3t *b = (const block_tq3t *)blk;
+        tq_tcq_subset_words(tcq_word(b->qu), &z1, &z0);
+        const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b->qs)), m3 = _mm512_set1_epi32(3);
+        for (int r = 0; r < 4; r++) base[r] = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a, 2 * r), m3), 2);
+    } else {
+        const block_tq2t *b = (const block_tq2t *)blk;
+        tq_tcq_subset_words(tcq_word(b->qu), &z1, &z0);
+        const uint64_t l = tcq_word(b->ql);
+        for (int r = 0; r < 4; r++)
+            base[r] = _mm512_maskz_mov_epi32((__mmask16)(l >> (16 * r)), _mm512_set1_epi32(4));
+    }
+    for (int r = 0; r < 4; r++) {
+        __m512i k = _mm512_mask_or_epi32(base[r], (__mmask16)(z1 >> (16 * r)), base[r], _mm512_set1_epi32(2));
+        idx[r] = _mm512_mask_or_epi32(k, (__mmask16)(z0 >> (16 * r)), k, _mm512_set1_epi32(1));
+    }
+}
+
+static inline void tcq_dequant_block(int bits, const void *blk, tq_half dh, float *out) {
+    const __m512 ctab = codebook_table(bits + 1);
+    __m512i idx[4];
+    tcq_unpack(bits, blk, idx);
+    const __m512 d = _mm512_set1_ps(tq_fp16_to_fp32(dh));
+    for (int r = 0; r < 4; r++) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(d, _mm512_permutexvar_ps(idx[r], ctab)));
+}
+
+static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
+    const block_tq2t *y = (const block_tq2t *)vy;
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(2, y + i, y[i].d, x + i * TQ_BLOCK);
+}
+static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
+    const block_tq3t *y = (const block_tq3t *)vy;
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(3, y + i, y[i].d, x + i * TQ_BLOCK);
+}
+
+static inline float tcq_dot(int bits, const float *q, const void *vy, size_t bytes, size_t nb) {
+    const __m512 ctab = codebook_table(bits + 1);
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {
+        const void *blk = (const uint8_t *)vy + i * bytes;
+        __m512i idx[4];
+        tcq_unpack(bits, blk, idx);
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_permutexvar_ps(idx[0], ctab));
+        for (int r = 1; r < 4; r++) s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * r), _mm512_permutexvar_ps(idx[r], ctab), s);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(tq_fp16_to_fp32(*(const tq_half *)blk)), s, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, q, vy, sizeof(block_tq2t), nb); }
+static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, q, vy, sizeof(block_tq3t), nb); }
+
 /* ---- attention (tq_attn.h) ---- */
 
 static inline float attn_dot(const float *a, const float *b, int n) {
@@ -320,6 +381,12 @@ void tq_kernels_avx512(tq_kernels *k) {
     k->dot[TQ_TYPE_TQ2] = dot_tq2;
     k->dot[TQ_TYPE_TQ3] = dot_tq3;
     k->dot[TQ_TYPE_TQ4] = dot_tq4;
+    k->quantize[TQ_TYPE_TQ2T] = quantize_tq2t;
+    k->quantize[TQ_TYPE_TQ3T] = quantize_tq3t;
+    k->dequantize[TQ_TYPE_TQ2T] = dequantize_tq2t;
+    k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
+    k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
+    k->dot[TQ_TYPE_TQ3T] = dot_tq3t;
     k->attn = attn_avx512;
 }
 
