@@ -16,21 +16,21 @@ from conftest import backend_ops, backend_ops_test, llama_logits, rel_rms
 
 pytestmark = pytest.mark.gpu
 
-TQ_TYPE = r"=tq[234]j?[,)]"
+TQ_TYPE = r"=tq[234][jt]?[,)]"
 # op -> (the case filter, the fewest cases it runs on CUDA0, the cases CUDA may leave to the CPU: a
 # tq destination from F16/BF16 and a permuted tq -> tq copy, neither of which llama.cpp asks for: it
 # writes the cache from F32 and shifts it through F32)
 CASES = {
     "SET_ROWS": (TQ_TYPE, 50, r"SET_ROWS\(type_src=b?f16,"),
-    "CPY": (TQ_TYPE, 30, r"CPY\(type_src=(b?f16|tq[234]j?),type_dst=tq[234]j?,"),
+    "CPY": (TQ_TYPE, 30, r"CPY\(type_src=(b?f16|tq[234][jt]?),type_dst=tq[234][jt]?,"),
     "GET_ROWS": (TQ_TYPE, 20, None),
     "FLASH_ATTN_EXT": ("type_[KV]=tq", 200, None),
 }
 # what a graph with a tq cache runs: the KV write (SET_ROWS from F32), the K-shift (CPY F32 <-> tq)
 # and attention
 GRAPH_OPS = {
-    "SET_ROWS": r"type_src=f32,type_dst=tq[234]j?,",
-    "CPY": r"type_src=f32,type_dst=tq[234]j?,|type_src=tq[234]j?,type_dst=f32,",
+    "SET_ROWS": r"type_src=f32,type_dst=tq[234][jt]?,",
+    "CPY": r"type_src=f32,type_dst=tq[234][jt]?,|type_src=tq[234][jt]?,type_dst=f32,",
     "FLASH_ATTN_EXT": r"type_[KV]=tq",
 }
 

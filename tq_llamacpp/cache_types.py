@@ -58,6 +58,8 @@ CACHE_TYPES: dict[str, CacheType] = {
         CacheType("tq2", 160, 64, 18),
         CacheType("tq4j", 164, 64, 36),
         CacheType("tq3j", 163, 64, 28),
+        CacheType("tq3t", 166, 64, 26),
+        CacheType("tq2t", 165, 64, 18),
     )
 }
 _BY_ID = {t.ggml_id: t for t in CACHE_TYPES.values()}

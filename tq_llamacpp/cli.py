@@ -22,7 +22,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_TYPES = "f16,q8_0,q4_0,tq4,tq3,tq2"
+DEFAULT_TYPES = "f16,q8_0,q4_0,tq4,tq3t,tq3,tq2"
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:

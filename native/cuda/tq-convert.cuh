@@ -51,3 +51,32 @@ static __device__ __forceinline__ void dequantize_tq3j(const void * vx, const in
 static __device__ __forceinline__ void dequantize_tq4j(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     tq_cuda_dequantize_pair_qjl<block_tq4j>(vx, ib, iqs, v);
 }
+
+// Trellis codes: values iqs, iqs+1 (iqs even) from the branch word's window and the level bits
+// (tq_tcq_dequant's arithmetic); the conversion path only, like the QJL types.
+static __device__ __forceinline__ uint32_t tq_cuda_tcq_subset_pair(const uint8_t * qu, const int iqs) {
+    uint64_t z1, z0;
+    tq_tcq_subset_words(tq_load_word(qu), &z1, &z0);
+    const uint32_t a = (uint32_t) (z1 >> iqs) & 3u, c = (uint32_t) (z0 >> iqs) & 3u;
+    return ((a & 1u) << 1 | (c & 1u)) | ((a & 2u) | (c >> 1)) << 2; // subset of iqs | of iqs+1 << 2
+}
+
+static __device__ __forceinline__ void dequantize_tq2t(const void * vx, const int64_t ib, const int iqs, float2 & v) {
+    const block_tq2t * b = (const block_tq2t *) vx + ib;
+    const uint32_t k = tq_cuda_tcq_subset_pair(b->qu, iqs);
+    const uint32_t l = (uint32_t) (tq_load_word(b->ql) >> iqs) & 3u;
+    const float d = tq_cuda_half(b->d);
+    v.x = TQ_MUL(d, tq_cuda_centroid<3>(4 * (l & 1u) + (k & 3u)));
+    v.y = TQ_MUL(d, tq_cuda_centroid<3>(4 * (l >> 1) + (k >> 2)));
+}
+
+static __device__ __forceinline__ void dequantize_tq3t(const void * vx, const int64_t ib, const int iqs, float2 & v) {
+    const block_tq3t * b = (const block_tq3t *) vx + ib;
+    const uint32_t k = tq_cuda_tcq_subset_pair(b->qu, iqs);
+    const int j0 = iqs, j1 = iqs + 1;
+    const uint32_t l0 = (b->qs[j0 & 15] >> (2 * (j0 >> 4))) & 3u;
+    const uint32_t l1 = (b->qs[j1 & 15] >> (2 * (j1 >> 4))) & 3u;
+    const float d = tq_cuda_half(b->d);
+    v.x = TQ_MUL(d, tq_cuda_centroid<4>(4 * l0 + (k & 3u)));
+    v.y = TQ_MUL(d, tq_cuda_centroid<4>(4 * l1 + (k >> 2)));
+}

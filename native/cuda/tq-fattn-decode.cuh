@@ -61,26 +61,47 @@
 
 // ---- the block layouts as the kernel sees them -------------------------------------------------
 
-// bits per code, and the byte offset of a thread's second plane word (values 4i + 16s .. +3)
+// bits per code (the size of the centroid table: 2^bits), whether the code is trellis-coded, and the
+// byte offset of a thread's second plane word (values 4i + 16s .. +3)
 template <typename block_t> struct tq_fa_block;
 template <> struct tq_fa_block<block_tq2> {
     static constexpr int bits = 2; // one word: qs[4i..]
+    static constexpr bool tcq = false;
     static __device__ __forceinline__ int w1_off(int) { return 0; }
 };
 template <> struct tq_fa_block<block_tq3> {
     static constexpr int bits = 3; // the 1-bit plane word qh[4 (i & 1)..]
+    static constexpr bool tcq = false;
     static __device__ __forceinline__ int w1_off(int i) { return (int) offsetof(block_tq3, qh) + 4 * (i & 1); }
 };
 template <> struct tq_fa_block<block_tq4> {
     static constexpr int bits = 4; // values 16 + 4i.. and 48 + 4i..: qs[16 + 4i..]
+    static constexpr bool tcq = false;
     static __device__ __forceinline__ int w1_off(int i) { return (int) offsetof(block_tq4, qs) + 16 + 4 * i; }
 };
+// tq3t: a value's code indexes the 4-bit codebook (4 * level + subset, tq-math.h); w0 is the 2-bit
+// level plane word qs[4i..] as for tq3, w1 the subset bits of the thread's values, from the branch word
+template <> struct tq_fa_block<block_tq3t> {
+    static constexpr int bits = 4;
+    static constexpr bool tcq = true;
+    static __device__ __forceinline__ int w1_off(int) { return (int) offsetof(block_tq3t, qu); }
+};
+
+// bit b of a nibble to bit 0 of byte b
+static __device__ __forceinline__ uint32_t tq_fa_spread4(const uint32_t n) {
+    return (n * 0x00204081u) & 0x01010101u;
+}
 
 // 4 * the codes of values j..j+3, j = 4i + 16s, from the thread's words w0 = qs[4i..] and w1
 // (above; for tq3 already shifted right by i >> 1, the part of j >> 3 that does not depend on s)
 template <typename block_t, int s>
 static __device__ __forceinline__ uint32_t tq_fa_codes4x4(const uint32_t w0, const uint32_t w1) {
-    if constexpr (tq_fa_block<block_t>::bits == 2) {
+    if constexpr (tq_fa_block<block_t>::tcq) {
+        // byte b: 4 * (4 * level + 2 * z1 + z0); w1 byte s holds the z1 bits of values 4i + 16s + b in
+        // its low nibble and the z0 bits in its high nibble
+        const uint32_t lvl = tq_cuda_shr_signed(w0, 2 * s - 4) & 0x30303030u;
+        return lvl | tq_fa_spread4((w1 >> (8 * s)) & 0xfu) << 3 | tq_fa_spread4((w1 >> (8 * s + 4)) & 0xfu) << 2;
+    } else if constexpr (tq_fa_block<block_t>::bits == 2) {
         return tq_cuda_codes4x4_w2(w0, s);
     } else if constexpr (tq_fa_block<block_t>::bits == 3) {
         return tq_cuda_codes4x4_w3(w0, w1 >> (2 * s), s);
@@ -245,7 +266,20 @@ static __device__ __forceinline__ float tq_fa_centroid(const float * tab, const 
 template <typename block_t>
 static __device__ __forceinline__ void tq_fa_words(const uint8_t * base, const int xb, const int i, uint32_t & w0, uint32_t & w1) {
     w0 = tq_fa_lds_u32(base, xb + (int) offsetof(block_t, qs) + 4 * i);
-    if constexpr (tq_fa_block<block_t>::bits == 3) {
+    if constexpr (tq_fa_block<block_t>::tcq) {
+        // the subsets of values 4i + 16s + b (tq_tcq_subset_words)
+        const int xu = xb + tq_fa_block<block_t>::w1_off(i);
+        const uint64_t u = (uint64_t) tq_fa_lds_u32(base, xu) | (uint64_t) tq_fa_lds_u32(base, xu + 4) << 32;
+        uint64_t z1, z0;
+        tq_tcq_subset_words(u, &z1, &z0);
+        z1 >>= 4 * i;
+        z0 >>= 4 * i;
+        w1 = 0u;
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            w1 |= (uint32_t) ((z1 >> (16 * s)) & 0xfu) << (8 * s) | (uint32_t) ((z0 >> (16 * s)) & 0xfu) << (8 * s + 4);
+        }
+    } else if constexpr (tq_fa_block<block_t>::bits == 3) {
         w1 = tq_fa_lds_u32(base, xb + tq_fa_block<block_t>::w1_off(i)) >> (i >> 1);
     } else if constexpr (tq_fa_block<block_t>::bits == 4) {
         w1 = tq_fa_lds_u32(base, xb + tq_fa_block<block_t>::w1_off(i));
@@ -733,6 +767,7 @@ tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict_
 //   dst  f32 [D, n_q_heads, n_tokens, n_seq], contiguous
 struct tq_fa_decode_args {
     int k_bits, v_bits;  // 2, 3 or 4 (tq2, tq3, tq4)
+    int k_tcq, v_tcq;    // 1: trellis-coded (tq3t, with bits 3)
     int D, n_tokens, n_q_heads, n_kv_heads, n_kv, n_seq;
     const void * Q;    int64_t nbq1, nbq2, nbq3;
     const void * K;    int64_t nbk1, nbk2, nbk3;
@@ -789,8 +824,14 @@ static tq_fa_kernel_info tq_fa_info_d(const int D, const int RB) {
     }
 }
 
-// the compiled K/V pairs: each type with itself, and tq4 keys with tq3 or tq2 values
-static inline tq_fa_kernel_info tq_fa_info_types(const int k_bits, const int v_bits, const int D, const int RB) {
+// the compiled K/V pairs: each type with itself, and tq4 keys with tq3, tq2 or tq3t values
+static inline tq_fa_kernel_info tq_fa_info_types(const int k_bits, const int v_bits, const int k_tcq, const int v_tcq,
+                                                 const int D, const int RB) {
+    if (k_tcq || v_tcq) {
+        if (k_tcq && v_tcq && k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3t, block_tq3t>(D, RB);
+        if (!k_tcq && k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3t>(D, RB);
+        return { nullptr, 0, 0 };
+    }
     if (k_bits == 2 && v_bits == 2) return tq_fa_info_d<block_tq2, block_tq2>(D, RB);
     if (k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3, block_tq3>(D, RB);
     if (k_bits == 4 && v_bits == 4) return tq_fa_info_d<block_tq4, block_tq4>(D, RB);
@@ -799,12 +840,15 @@ static inline tq_fa_kernel_info tq_fa_info_types(const int k_bits, const int v_b
     return { nullptr, 0, 0 };
 }
 
+static_assert(sizeof(block_tq3t) == sizeof(block_tq3), "a tq3t row is as long as a tq3 row");
 static inline size_t tq_fa_block_bytes(const int bits) {
     return bits == 2 ? sizeof(block_tq2) : bits == 3 ? sizeof(block_tq3) : sizeof(block_tq4);
 }
 
 static inline bool tq_fa_decode_supported(const tq_fa_decode_args & a) {
-    const bool pair = (a.k_bits == a.v_bits && a.k_bits >= 2 && a.k_bits <= 4) || (a.k_bits == 4 && (a.v_bits == 3 || a.v_bits == 2));
+    const bool pair = (a.k_tcq || a.v_tcq)
+        ? (a.v_tcq && a.v_bits == 3 && ((a.k_tcq && a.k_bits == 3) || (!a.k_tcq && a.k_bits == 4)))
+        : (a.k_bits == a.v_bits && a.k_bits >= 2 && a.k_bits <= 4) || (a.k_bits == 4 && (a.v_bits == 3 || a.v_bits == 2));
     if (!pair || !(a.D == 64 || a.D == 128 || a.D == 256)) return false;
     if (a.n_tokens < 1 || a.n_tokens > 8 || a.n_kv < 1 || a.n_seq < 1) return false;
     if (a.n_kv_heads < 1 || a.n_q_heads < a.n_kv_heads || a.n_q_heads % a.n_kv_heads != 0) return false;
@@ -829,7 +873,7 @@ static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args &
     if (force_rb == 1 || force_rb == 2 || force_rb == 4) {
         pl.RB = force_rb;
     }
-    const tq_fa_kernel_info ki = tq_fa_info_types(a.k_bits, a.v_bits, a.D, pl.RB);
+    const tq_fa_kernel_info ki = tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, pl.RB);
     if (!ki.kernel) {
         return pl;
     }
@@ -910,11 +954,12 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
         case GGML_TYPE_TQ2: return 2;
         case GGML_TYPE_TQ3: return 3;
         case GGML_TYPE_TQ4: return 4;
+        case GGML_TYPE_TQ3T: return 3; // with tcq (tq_fa_decode_args)
         default:            return 0;
     }
 }
 
-// FLASH_ATTN_EXT on tq2/tq3/tq4 K/V for 1..8 query tokens; false (nothing launched) for anything
+// FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
 // else, which then takes the generic kernels. TQ_CUDA_FA_DECODE=0 switches it off (A/B timing).
 static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
@@ -964,6 +1009,8 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
     tq_fa_decode_args a = {};
     a.k_bits = k_bits;
     a.v_bits = v_bits;
+    a.k_tcq = K->type == GGML_TYPE_TQ3T;
+    a.v_tcq = V->type == GGML_TYPE_TQ3T;
     a.D = (int) D;
     a.n_tokens = (int) Q->ne[1];
     a.n_q_heads = (int) Q->ne[2];

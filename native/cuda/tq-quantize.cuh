@@ -29,6 +29,14 @@ static __device__ void quantize_f32_tq4j_block(const float * __restrict__ x, blo
     tq_quantize_block_tq4j(x, y, 0);
 }
 
+static __device__ void quantize_f32_tq2t_block(const float * __restrict__ x, block_tq2t * __restrict__ y) {
+    tq_quantize_block_tq2t(x, y, 0);
+}
+
+static __device__ void quantize_f32_tq3t_block(const float * __restrict__ x, block_tq3t * __restrict__ y) {
+    tq_quantize_block_tq3t(x, y, 0);
+}
+
 // cpy.cu's cpy_kernel_t shape: void(const char * src_block, char * dst_block)
 static __device__ void cpy_blck_f32_tq2(const char * cxi, char * cdsti) {
     quantize_f32_tq2_block((const float *) cxi, (block_tq2 *) cdsti);
@@ -50,6 +58,14 @@ static __device__ void cpy_blck_f32_tq4j(const char * cxi, char * cdsti) {
     quantize_f32_tq4j_block((const float *) cxi, (block_tq4j *) cdsti);
 }
 
+static __device__ void cpy_blck_f32_tq2t(const char * cxi, char * cdsti) {
+    quantize_f32_tq2t_block((const float *) cxi, (block_tq2t *) cdsti);
+}
+
+static __device__ void cpy_blck_f32_tq3t(const char * cxi, char * cdsti) {
+    quantize_f32_tq3t_block((const float *) cxi, (block_tq3t *) cdsti);
+}
+
 // and back, one block to 64 floats (CPY tq -> F32), with the C decoder's arithmetic
 static __device__ void cpy_blck_tq2_f32(const char * cxi, char * cdsti) {
     tq_dequantize_block_tq2((const block_tq2 *) cxi, (float *) cdsti);
@@ -69,6 +85,14 @@ static __device__ void cpy_blck_tq3j_f32(const char * cxi, char * cdsti) {
 
 static __device__ void cpy_blck_tq4j_f32(const char * cxi, char * cdsti) {
     tq_dequantize_block_tq4j((const block_tq4j *) cxi, (float *) cdsti);
+}
+
+static __device__ void cpy_blck_tq2t_f32(const char * cxi, char * cdsti) {
+    tq_dequantize_block_tq2t((const block_tq2t *) cxi, (float *) cdsti);
+}
+
+static __device__ void cpy_blck_tq3t_f32(const char * cxi, char * cdsti) {
+    tq_dequantize_block_tq3t((const block_tq3t *) cxi, (float *) cdsti);
 }
 
 // ---- one block per 16 lanes (half a warp), for SET_ROWS ---------------------------------------

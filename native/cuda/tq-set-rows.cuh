@@ -2,7 +2,7 @@
 // for ggml-cuda's set-rows.cu and cpy.cu, which include this file and call tq_cuda_set_rows /
 // tq_cuda_cpy for every tq type. The block math is tq-quantize.cuh's (the C codec's own).
 //   SET_ROWS: tq2/tq3/tq4 code one 64-value block per 16 lanes (tq_cuda_quantize_block16), which is
-//   what makes the per-token write cheap at decode; the QJL types one block per thread.
+//   what makes the per-token write cheap at decode; the QJL and trellis types one block per thread.
 //   CPY (the K-shift's cast and copy back): one block per thread, any strides.
 // Needs ggml-cuda's common.cuh (fast_div_modulo, init_fastdiv_values, ggml_cuda_pdl_sync) first.
 #pragma once
@@ -22,6 +22,8 @@ static __device__ __forceinline__ void tq_cuda_quantize_one(const float * __rest
     if constexpr (std::is_same_v<block_t, block_tq4>)  { quantize_f32_tq4_block(x, y);  }
     if constexpr (std::is_same_v<block_t, block_tq3j>) { quantize_f32_tq3j_block(x, y); }
     if constexpr (std::is_same_v<block_t, block_tq4j>) { quantize_f32_tq4j_block(x, y); }
+    if constexpr (std::is_same_v<block_t, block_tq2t>) { quantize_f32_tq2t_block(x, y); }
+    if constexpr (std::is_same_v<block_t, block_tq3t>) { quantize_f32_tq3t_block(x, y); }
 }
 
 template <typename block_t>
@@ -31,6 +33,8 @@ static __device__ __forceinline__ void tq_cuda_dequantize_one(const block_t * __
     if constexpr (std::is_same_v<block_t, block_tq4>)  { tq_dequantize_block_tq4(x, y);  }
     if constexpr (std::is_same_v<block_t, block_tq3j>) { tq_dequantize_block_tq3j(x, y); }
     if constexpr (std::is_same_v<block_t, block_tq4j>) { tq_dequantize_block_tq4j(x, y); }
+    if constexpr (std::is_same_v<block_t, block_tq2t>) { tq_dequantize_block_tq2t(x, y); }
+    if constexpr (std::is_same_v<block_t, block_tq3t>) { tq_dequantize_block_tq3t(x, y); }
 }
 
 // Block i of the source (64 values along dim 0) goes to row src1[i01, i02 % ne11, i03 % ne12] of the
@@ -107,6 +111,8 @@ static void tq_cuda_set_rows(const ggml_type type, const float * src0, const idx
         TQ_SET_ROWS(GGML_TYPE_TQ4,  block_tq4)
         TQ_SET_ROWS(GGML_TYPE_TQ3J, block_tq3j)
         TQ_SET_ROWS(GGML_TYPE_TQ4J, block_tq4j)
+        TQ_SET_ROWS(GGML_TYPE_TQ2T, block_tq2t)
+        TQ_SET_ROWS(GGML_TYPE_TQ3T, block_tq3t)
         default: GGML_ABORT("tq_cuda_set_rows: %s is not a tq type", ggml_type_name(type));
     }
 #undef TQ_SET_ROWS
@@ -172,6 +178,8 @@ static void tq_cuda_cpy(const ggml_tensor * src, const ggml_tensor * dst, cudaSt
         TQ_CPY(GGML_TYPE_TQ4,  block_tq4)
         TQ_CPY(GGML_TYPE_TQ3J, block_tq3j)
         TQ_CPY(GGML_TYPE_TQ4J, block_tq4j)
+        TQ_CPY(GGML_TYPE_TQ2T, block_tq2t)
+        TQ_CPY(GGML_TYPE_TQ3T, block_tq3t)
         default: GGML_ABORT("tq_cuda_cpy: no tq type");
     }
 #undef TQ_CPY

@@ -51,13 +51,13 @@ static std::string tq_parse_layers(const std::string & value, tq_kv_options & o)
         }
         const std::string tname = spec.substr(colon + 1);
         ggml_type type = GGML_TYPE_COUNT;
-        for (int t = GGML_TYPE_TQ2; t <= GGML_TYPE_TQ4J; ++t) {
+        for (int t = GGML_TYPE_TQ2; ggml_type_is_tq((ggml_type) t); ++t) {
             if (tname == ggml_type_name((ggml_type) t)) {
                 type = (ggml_type) t;
             }
         }
         if (type == GGML_TYPE_COUNT) {
-            return "layers: a layer's type must be a tq type (tq2, tq3, tq4, tq3j, tq4j), not '" + tname + "'";
+            return "layers: a layer's type must be a tq type (tq2, tq3, tq4, tq3j, tq4j, tq2t, tq3t), not '" + tname + "'";
         }
         for (const std::string & r : tq_split(spec.substr(1, colon - 1), '+')) {
             char * e1 = nullptr, * e2 = nullptr;
