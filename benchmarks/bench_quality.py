@@ -9,12 +9,21 @@ same build, text and settings). Writes benchmarks/results/quality-<model>.{md,js
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tq_llamacpp import compare as cmp
 from tq_llamacpp.data import model_path, text_path
 
 TYPES = "q8_0,q4_0,q4_0@k,tq4,tq4@off,tq3,tq3@off,tq2,q8_0/tq3,tq4/tq3,tq4/tq2,tq3/tq2,tq3@kv"
+
+
+def machine() -> str:
+    """e.g. "2 cores of an AMD EPYC 9B14 (avx512)": the CPU and the instruction set the codec runs"""
+    from tq_llamacpp import native
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "a CPU")
+    return f"{os.cpu_count()} cores of an {cpu} ({native.isa_active()})"
 
 
 def main() -> None:
@@ -30,7 +39,7 @@ def main() -> None:
         model = model_path(name)
         res = cmp.compare(model, text, a.types.split(","), ctx=a.ctx, chunks=a.chunks, progress=True)
         title = f"{name}, Pride and Prejudice, ctx {a.ctx}, {a.chunks} chunks"
-        how = (f"Measured {cmp.now_stamp()} on a 2-core AMD EPYC (AVX2), CPU build: "
+        how = (f"Measured {cmp.now_stamp()} on {machine()}, CPU build: "
                f"`python benchmarks/bench_quality.py --models {name} --ctx {a.ctx} --chunks {a.chunks}"
                + (f" --types {a.types}" if a.types != TYPES else "") + "` "
                "(llama-perplexity --kl-divergence against an f16 cache, -fa on, 2 threads; tokens/s is "

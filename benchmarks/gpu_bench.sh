@@ -34,7 +34,8 @@
 # Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
-# TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type written "tq3@vec" runs with
+# TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type "tq4/tq3t" sets K and V apart;
+# one written "tq3@vec" runs with
 # TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -121,10 +122,10 @@ tbo=$bin/test-backend-ops
 # ---- 3. correctness against the CPU ---------------------------------------------------------------
 if want test; then
     # which tq cases CUDA claims (supports_op): the unsupported ones would run on the CPU in a graph
-    $tbo support -b CUDA0 -o SET_ROWS,CPY,GET_ROWS,FLASH_ATTN_EXT -p '(=tq[234]j?[,)]|type_[KV]=tq)' > "$out/support.log" 2>&1
+    $tbo support -b CUDA0 -o SET_ROWS,CPY,GET_ROWS,FLASH_ATTN_EXT -p '(=tq[234][jt]?[,)]|type_[KV]=tq)' > "$out/support.log" 2>&1
     say "support: $(grep -c 'SUPPORTED' "$out/support.log") tq cases listed, $(grep -c 'NOT SUPPORTED' "$out/support.log") not supported on CUDA0"
     grep 'NOT SUPPORTED' "$out/support.log" | cut -c1-150 | head -20 >> "$sum"
-    timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o SET_ROWS,CPY,GET_ROWS -p '=tq[234]j?[,)]' > "$out/tests.log" 2>&1
+    timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o SET_ROWS,CPY,GET_ROWS -p '=tq[234][jt]?[,)]' > "$out/tests.log" 2>&1
     r1=$?
     timeout $(( $(left) - 30 )) $tbo -b CUDA0 -o FLASH_ATTN_EXT -p 'type_[KV]=tq' >> "$out/tests.log" 2>&1
     r2=$?
@@ -180,9 +181,10 @@ if want bench && [ "$(left)" -gt 90 ]; then
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
         t=${spec%@*}; fa_decode=1; fused=1
         case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; esac
+        tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
         echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused)" >> "$out/bench.log"
-        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t \
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
