@@ -31,7 +31,7 @@ struct tq_cuda_fusion {
     const ggml_tensor * mul      = nullptr;  // * mul (the centring's factors)
     const ggml_tensor * div      = nullptr;  // / div (the query's factors)
     const ggml_tensor * rot      = nullptr;  // MUL_MAT with the Hadamard hint; without a write, the output
-    const ggml_tensor * set_rows = nullptr;  // SET_ROWS into a tq2/tq3/tq4 cache, or none
+    const ggml_tensor * set_rows = nullptr;  // SET_ROWS into a tq2/tq3/tq4/tq2t/tq3t cache, or none
 };
 
 template <int N, typename block_t, typename idx_t>
@@ -194,7 +194,8 @@ static tq_cuda_fusion tq_cuda_match_fusion(const ggml_cgraph * g, const int i) {
         }
         if (f.rot && n->op == GGML_OP_SET_ROWS && n->src[0] == cur) {
             const ggml_tensor * idx = n->src[1];
-            if (n->type != GGML_TYPE_TQ2 && n->type != GGML_TYPE_TQ3 && n->type != GGML_TYPE_TQ4) {
+            if (n->type != GGML_TYPE_TQ2 && n->type != GGML_TYPE_TQ3 && n->type != GGML_TYPE_TQ4 &&
+                n->type != GGML_TYPE_TQ2T && n->type != GGML_TYPE_TQ3T) {
                 break;
             }
             // the rotated values, read as SET_ROWS reads its source: rows of dst->ne[0] values
@@ -267,6 +268,8 @@ static void tq_cuda_fused_dispatch(const tq_cuda_fusion & f, cudaStream_t stream
         case GGML_TYPE_TQ2: i64 ? tq_cuda_fused_launch<N, block_tq2, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq2, int32_t>(f, stream); break;
         case GGML_TYPE_TQ3: i64 ? tq_cuda_fused_launch<N, block_tq3, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq3, int32_t>(f, stream); break;
         case GGML_TYPE_TQ4: i64 ? tq_cuda_fused_launch<N, block_tq4, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq4, int32_t>(f, stream); break;
+        case GGML_TYPE_TQ2T: i64 ? tq_cuda_fused_launch<N, block_tq2t, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq2t, int32_t>(f, stream); break;
+        case GGML_TYPE_TQ3T: i64 ? tq_cuda_fused_launch<N, block_tq3t, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq3t, int32_t>(f, stream); break;
         default: GGML_ABORT("tq_cuda_fused_dispatch: %s", ggml_type_name(f.set_rows->type));
     }
 }

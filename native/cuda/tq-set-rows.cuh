@@ -1,8 +1,9 @@
 // tq-set-rows.cuh: SET_ROWS (the KV-cache write) and CPY between F32 and the tq types on the GPU,
 // for ggml-cuda's set-rows.cu and cpy.cu, which include this file and call tq_cuda_set_rows /
 // tq_cuda_cpy for every tq type. The block math is tq-quantize.cuh's (the C codec's own).
-//   SET_ROWS: tq2/tq3/tq4 code one 64-value block per 16 lanes (tq_cuda_quantize_block16), which is
-//   what makes the per-token write cheap at decode; the QJL and trellis types one block per thread.
+//   SET_ROWS: tq2/tq3/tq4 and the trellis types tq2t/tq3t code one 64-value block per 16 lanes
+//   (tq_cuda_quantize_block16), which is what makes the per-token write cheap at decode; the QJL
+//   types one block per thread.
 //   CPY (the K-shift's cast and copy back): one block per thread, any strides.
 // Needs ggml-cuda's common.cuh (fast_div_modulo, init_fastdiv_values, ggml_cuda_pdl_sync) first.
 #pragma once
@@ -12,7 +13,8 @@
 static constexpr int TQ_CUDA_ROWS_BLOCK_SIZE = 256;
 
 template <typename block_t> static constexpr bool tq_cuda_half_warp_block() {
-    return std::is_same_v<block_t, block_tq2> || std::is_same_v<block_t, block_tq3> || std::is_same_v<block_t, block_tq4>;
+    return std::is_same_v<block_t, block_tq2> || std::is_same_v<block_t, block_tq3> || std::is_same_v<block_t, block_tq4> ||
+           std::is_same_v<block_t, block_tq2t> || std::is_same_v<block_t, block_tq3t>;
 }
 
 template <typename block_t>

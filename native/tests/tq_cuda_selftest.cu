@@ -1,7 +1,8 @@
 // Every CUDA path of native/cuda against the C codec, byte for byte: the single-thread block
-// quantizers (CPY F32->tq), the half-warp quantizers (SET_ROWS), the pair dequantizers (to_fp16 /
-// to_fp32 / GET_ROWS, QJL included), the flash-attention V reader; and the K.Q reader against the
-// C dot within rounding. Run on the GPU machine by benchmarks/gpu_bench.sh:
+// quantizers (CPY F32->tq), the half-warp quantizers (SET_ROWS; for tq2t/tq3t the Viterbi search
+// with one trellis state per lane), the pair dequantizers (to_fp16 / to_fp32 / GET_ROWS, QJL and
+// trellis types included), the flash-attention V reader; and the K.Q reader against the C dot
+// within rounding. Run on the GPU machine by benchmarks/gpu_bench.sh:
 //   nvcc -arch=sm_90 -std=c++17 -use_fast_math -Inative/include -Inative/cuda \
 //        native/tests/tq_cuda_selftest.cu libtq_native.a -o tq_cuda_selftest && ./tq_cuda_selftest [blocks]
 // (-use_fast_math as ggml-cuda builds; the data holds no float denormals, which it would flush.)
@@ -106,6 +107,23 @@ static void check(const type_info & ti, const std::vector<float> & x, int nb) {
         k_quant16<block_t><<<(nb * 16 + 255) / 256, 256>>>(dx, dy, nb);
         CK(cudaDeviceSynchronize());
         cmp_bytes("quantize, 16 lanes per block");
+        // the time of one decode step's write (16 blocks: 8 heads of 128) and of a long prefill's,
+        // launch included, averaged over back-to-back launches
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+        for (int m : {16, nb}) {
+            const int reps = m == 16 ? 2000 : 20;
+            float ms1 = 0, ms16 = 0;
+            CK(cudaEventRecord(e0));
+            for (int r = 0; r < reps; r++) k_quant1<block_t, q1><<<(m + 127) / 128, 128>>>(dx, dy, m);
+            CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1)); CK(cudaEventElapsedTime(&ms1, e0, e1));
+            CK(cudaEventRecord(e0));
+            for (int r = 0; r < reps; r++) k_quant16<block_t><<<(m * 16 + 255) / 256, 256>>>(dx, dy, m);
+            CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1)); CK(cudaEventElapsedTime(&ms16, e0, e1));
+            printf("perf  %-5s quantize %6d blocks: one thread per block %9.2f us, 16 lanes per block %9.2f us\n",
+                   ti.name, m, 1e3 * ms1 / reps, 1e3 * ms16 / reps);
+        }
+        CK(cudaEventDestroy(e0)); CK(cudaEventDestroy(e1));
     }
 
     // decoders on the reference bytes
@@ -168,11 +186,17 @@ int main(int argc, char ** argv) {
     const type_info tq4 = {"tq4", sizeof(block_tq4), tq_ggml_quantize_row_tq4_ref, tq_ggml_dequantize_row_tq4};
     const type_info tq3j = {"tq3j", sizeof(block_tq3j), tq_ggml_quantize_row_tq3j_ref, tq_ggml_dequantize_row_tq3j};
     const type_info tq4j = {"tq4j", sizeof(block_tq4j), tq_ggml_quantize_row_tq4j_ref, tq_ggml_dequantize_row_tq4j};
+    const type_info tq2t = {"tq2t", sizeof(block_tq2t), tq_ggml_quantize_row_tq2t_ref, tq_ggml_dequantize_row_tq2t};
+    const type_info tq3t = {"tq3t", sizeof(block_tq3t), tq_ggml_quantize_row_tq3t_ref, tq_ggml_dequantize_row_tq3t};
     check<block_tq2, quantize_f32_tq2_block, dequantize_tq2, true, true>(tq2, x, nb);
     check<block_tq3, quantize_f32_tq3_block, dequantize_tq3, true, true>(tq3, x, nb);
     check<block_tq4, quantize_f32_tq4_block, dequantize_tq4, true, true>(tq4, x, nb);
     check<block_tq3j, quantize_f32_tq3j_block, dequantize_tq3j, false, false>(tq3j, x, nb);
     check<block_tq4j, quantize_f32_tq4j_block, dequantize_tq4j, false, false>(tq4j, x, nb);
+    // the trellis types: the flash-attention vector kernel does not read them (the decode kernel does,
+    // tq_cuda_fattn_test)
+    check<block_tq2t, quantize_f32_tq2t_block, dequantize_tq2t, true, false>(tq2t, x, nb);
+    check<block_tq3t, quantize_f32_tq3t_block, dequantize_tq3t, true, false>(tq3t, x, nb);
     printf("%d failures\n", failures);
     return failures != 0;
 }
