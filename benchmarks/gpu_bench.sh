@@ -258,9 +258,9 @@ if want sanitize && [ "$(left)" -gt 60 ]; then
       echo "== memcheck test-backend-ops (tq3 SET_ROWS/CPY/GET_ROWS, tq3 vec decode)"
       timeout $(( $(left) / 2 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o SET_ROWS,CPY,GET_ROWS,FLASH_ATTN_EXT \
           -p '(type_dst=tq3,|type_src=tq3,|type=tq3,|kv=512,nb=1,.*type_K=tq3,type_V=tq3)'; echo "rc=$?"
-      echo "== memcheck + racecheck test-backend-ops (the fused write, tq3 and the query's chain)"
-      timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=(tq3|f32),'; echo "rc=$?"
-      timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=tq3,'; echo "rc=$?"
+      echo "== memcheck + racecheck test-backend-ops (the fused write, tq3, tq3t (shared-memory trellis) and the query's chain)"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=(tq3|tq3t|f32),'; echo "rc=$?"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=(tq3|tq3t),'; echo "rc=$?"
       echo "== memcheck + racecheck test-backend-ops (one layer's attention: the chains side by side, the un-rotation)"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER; echo "rc=$?"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER -p 'type_k=tq3,'; echo "rc=$?"
