@@ -215,7 +215,6 @@ static __device__ __forceinline__ uint8_t tq_cuda_plane1(const uint32_t c[4], co
 
 // one float4 of subset errors per value, per half warp of a CUDA block of at most 256 threads
 // (set-rows: 256 x 1, the fused write: 32 x 4)
-template <int bits>
 static __device__ __forceinline__ float4 * tq_cuda_tcq_scratch() {
     __shared__ float4 dist[16][TQ_BLOCK];
     return dist[(threadIdx.y * blockDim.x + threadIdx.x) / 16];
@@ -308,7 +307,7 @@ static __device__ __forceinline__ void tq_cuda_quantize_tcq16(const float * __re
     float inv = 0.0f, rms = 1.0f;
     const int kind = tq_first_scale(sumsq, &inv, &rms);
 
-    float4 * dist = tq_cuda_tcq_scratch<bits>();
+    float4 * dist = tq_cuda_tcq_scratch();
     // first pass: at 0.875 * RMS, or at the clamped scale of a block past fp16 (kind 2, final)
     const float d0   = TQ_MUL(rms, TQ_TCQ_FIRST);
     const float inv1 = kind == 2 ? inv : TQ_DIV(1.0f, d0);
