@@ -19,8 +19,8 @@
 #
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
 #   break (not by default, after "pip"): the fused paths' tests against deliberately broken code
-#   profile (not by default): ncu, one decode step at depth 0 kernel by kernel, f16 / tq3 / tq3 with
-#           TQ_CUDA_FUSED_WRITE=0, summed per kind of kernel (benchmarks/ncu_kernels.py)
+#   profile (not by default): ncu, one decode step at depth 0 kernel by kernel (f16 / tq3 / tq3 with
+#           TQ_CUDA_FUSED_WRITE=0, or TQ_PROFILE_TYPES), summed per kind of kernel (benchmarks/ncu_kernels.py)
 # Steps not run by default:
 #   pip     instead of "build": the package itself, `CMAKE_ARGS="-DTQ_CUDA=ON ..." pip install .`, timed,
 #           from the carried tree (TQ_LLAMA_SOURCE_DIR) with the carried wheels (.tqdev/whl: cffi,
@@ -34,7 +34,8 @@
 # Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
-# TQ_TARGETS, TQ_PERF_FILTER, JOBS (default: all cores). A bench type "tq4/tq3t" sets K and V apart;
+# TQ_TARGETS, TQ_PERF_FILTER, TQ_PROFILE_TYPES (the profile's caches, default "f16 tq3 tq3@unfused"),
+# JOBS (default: all cores). A bench type "tq4/tq3t" sets K and V apart;
 # one written "tq3@vec" runs with
 # TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0.
 set -uo pipefail
@@ -235,20 +236,22 @@ if want qk && [ "$(left)" -gt 40 ]; then
     cut -c1-220 "$out/qk.log" >> "$sum"
 fi
 
-# ---- 5b. one decode step at depth 0, kernel by kernel (ncu): f16, tq3, tq3 unfused ----------------
+# ---- 5b. one decode step at depth 0, kernel by kernel (ncu): f16, tq3, tq3 unfused by default -----
 if want profile && [ "$(left)" -gt 90 ]; then
     m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
     [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/profile.log" 2>&1
     # a first run keeps the calibration (its kv-calib file), so that the profiled run holds the decode step only
     $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk tq3 -ctv tq3 -p 0 -n 1 -r 1 >> "$out/profile.log" 2>&1
-    for spec in f16 tq3 tq3@unfused; do
+    csvs=()
+    for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do
         t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
         [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
         TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv \
             $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"
         say "ncu $spec rc=$?"
+        csvs+=("$out/ncu-${spec/@/-}.csv")
     done
-    python3 benchmarks/ncu_kernels.py "$out"/ncu-f16.csv "$out"/ncu-tq3.csv "$out"/ncu-tq3-unfused.csv >> "$sum" 2>&1
+    python3 benchmarks/ncu_kernels.py "${csvs[@]}" >> "$sum" 2>&1
 fi
 
 # ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------
