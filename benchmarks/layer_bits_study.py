@@ -63,15 +63,16 @@ def delta_table(delta: dict, layers: list[int]) -> list[str]:
                    for i in layers]
 
 
-def write_md(path: Path, model: str, ctx: int, chunks: int, command: str, base: float, delta: dict,
-             rows: list) -> None:
+def write_md(path: Path, model: str, ctx: int, chunks: int, command: str, base_type: str, base: float,
+             delta: dict, rows: list) -> None:
     layers = sorted({int(i) for d in delta.values() for i in d})
-    md = [f"# One layer's bits at a time, {model} (tq3 cache, ctx {ctx}, {chunks} chunks of Pride and Prejudice)",
-          "", f"`{command}`: KLD against f16 of tq3 everywhere = {base:.5f}; the change when one layer "
+    md = [f"# One layer's bits at a time, {model} ({base_type} cache, ctx {ctx}, {chunks} chunks of Pride and Prejudice)",
+          "", f"`{command}`: KLD against f16 of {base_type} everywhere = {base:.5f}; the change when one layer "
           "moves (layer: K or V of that layer alone in the named type):", "",
           *delta_table(delta, layers)]
-    md += ["", "Greedy pairs (the layers whose K gains most with tq4, the layers whose V loses least with tq2; "
-           "3.25 bits per value on average, as tq3):", "",
+    (us, ut), (ds, dt) = (mv.split(":") for mv in list(delta)[:2])
+    md += ["", f"Greedy pairs (the layers whose {us.upper()} gains most with {ut}, the layers whose {ds.upper()} "
+           f"loses least with {dt}; {base_type}'s bits per value on average):", "",
            "| pairs moved | layers | sum of the single moves | measured |", "|---|---|---|---|"]
     md += [f"| {r['pairs']} | `{r['layers']}` | {r['predicted']:.5f} | {r['measured']:.5f} |" for r in rows]
     path.write_text("\n".join(md) + "\n")
@@ -161,14 +162,16 @@ def main() -> None:
         moved = spec(s)
         predicted = base + sum(delta[up][i] for i in order_up[:n]) + sum(delta[down][i] for i in order_down[:n])
         rows.append({"pairs": n, "layers": moved, "predicted": predicted,
-                     "measured": kld(model, text, a.ctx, a.chunks, moved)})
+                     "measured": kld(model, text, a.ctx, a.chunks, moved, b, b)})
         print(rows[-1], flush=True)
-    out = Path(__file__).parent / "results" / f"layer-bits-{a.model}-c{a.ctx}-{a.chunks}ch"
+    tag = "" if b == "tq3" else f"-{b}"
+    out = Path(__file__).parent / "results" / f"layer-bits-{a.model}{tag}-c{a.ctx}-{a.chunks}ch"
     out.with_suffix(".json").write_text(json.dumps({"base": base, "delta": delta, "rows": rows, "ctx": a.ctx,
                                                     "chunks": a.chunks}, indent=1))
-    command = (f"python benchmarks/layer_bits_study.py --model {a.model} --moves {a.moves} --chunks {a.chunks}"
-               + (f" --layers {a.layers}" if a.layers else "") + f" --pairs {a.pairs}")
-    write_md(out.with_suffix(".md"), a.model, a.ctx, a.chunks, command, base, delta, rows)
+    command = (f"python benchmarks/layer_bits_study.py --model {a.model}" + (f" --base {b}" if tag else "")
+               + f" --moves {a.moves} --chunks {a.chunks}" + (f" --layers {a.layers}" if a.layers else "")
+               + f" --pairs {a.pairs}")
+    write_md(out.with_suffix(".md"), a.model, a.ctx, a.chunks, command, b, base, delta, rows)
     print(f"wrote {out}.md")
 
 
