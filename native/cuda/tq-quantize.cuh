@@ -148,8 +148,9 @@ static __device__ __forceinline__ void tq_cuda_refit_sums16(const float x[4], co
 // codes c[r] of values l + 16 r and the fp16 scale: tq_quantize_codes(bits, x, c, TQ_SCALE_UNBIASED) on 16 lanes.
 // Every path runs the same shuffles; the block's case (non-finite, zero, past fp16, normal) only
 // selects among the results at the end.
-template <int bits>
-static __device__ __forceinline__ tq_half tq_cuda_quantize_codes16(const float x[4], const bool valid, uint32_t c[4]) {
+// the block's sum of squares (tq_block_sumsq, on every lane) and whether a valid block holds a
+// non-finite value (*bad, on every lane of the half warp)
+static __device__ __forceinline__ float tq_cuda_sumsq16(const float x[4], const bool valid, bool * bad) {
     const int half = (threadIdx.x / 16) % 2;
     bool finite = true;
     float acc = TQ_MUL(x[0], x[0]);
@@ -160,8 +161,14 @@ static __device__ __forceinline__ tq_half tq_cuda_quantize_codes16(const float x
             acc = TQ_ADD(acc, TQ_MUL(x[r], x[r]));
         }
     }
-    const bool bad = ((__ballot_sync(0xffffffffu, valid && !finite) >> (16 * half)) & 0xffffu) != 0;
-    const float sumsq = tq_cuda_fold16(acc);
+    *bad = ((__ballot_sync(0xffffffffu, valid && !finite) >> (16 * half)) & 0xffffu) != 0;
+    return tq_cuda_fold16(acc);
+}
+
+template <int bits>
+static __device__ __forceinline__ tq_half tq_cuda_quantize_codes16(const float x[4], const bool valid, uint32_t c[4]) {
+    bool bad;
+    const float sumsq = tq_cuda_sumsq16(x, valid, &bad);
 
     float inv = 0.0f, rms = 1.0f;
     const int kind = tq_first_scale(sumsq, &inv, &rms);
@@ -291,19 +298,12 @@ static __device__ __forceinline__ void tq_cuda_quantize_tcq16(const float * __re
     const int l    = threadIdx.x % 16;
     const int half = (threadIdx.x / 16) % 2;
     float xr[4];
-    bool  finite = true;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-        xr[r]  = valid ? x[l + 16 * r] : 0.0f;
-        finite = finite && isfinite(xr[r]);
+        xr[r] = valid ? x[l + 16 * r] : 0.0f;
     }
-    float acc = TQ_MUL(xr[0], xr[0]);
-#pragma unroll
-    for (int r = 1; r < 4; ++r) {
-        acc = TQ_ADD(acc, TQ_MUL(xr[r], xr[r]));
-    }
-    const bool  bad   = ((__ballot_sync(0xffffffffu, valid && !finite) >> (16 * half)) & 0xffffu) != 0;
-    const float sumsq = tq_cuda_fold16(acc);
+    bool bad;
+    const float sumsq = tq_cuda_sumsq16(xr, valid, &bad);
     float inv = 0.0f, rms = 1.0f;
     const int kind = tq_first_scale(sumsq, &inv, &rms);
 

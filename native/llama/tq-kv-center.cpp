@@ -51,13 +51,15 @@ static std::string tq_parse_layers(const std::string & value, tq_kv_options & o)
         }
         const std::string tname = spec.substr(colon + 1);
         ggml_type type = GGML_TYPE_COUNT;
+        std::string names;
         for (int t = GGML_TYPE_TQ2; ggml_type_is_tq((ggml_type) t); ++t) {
             if (tname == ggml_type_name((ggml_type) t)) {
                 type = (ggml_type) t;
             }
+            names += (names.empty() ? "" : ", ") + std::string(ggml_type_name((ggml_type) t));
         }
         if (type == GGML_TYPE_COUNT) {
-            return "layers: a layer's type must be a tq type (tq2, tq3, tq4, tq3j, tq4j, tq2t, tq3t), not '" + tname + "'";
+            return "layers: a layer's type must be a tq type (" + names + "), not '" + tname + "'";
         }
         for (const std::string & r : tq_split(spec.substr(1, colon - 1), '+')) {
             char * e1 = nullptr, * e2 = nullptr;

@@ -298,7 +298,7 @@ static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, co
     __m256 t_lo, t_hi;
     tables(bits + 1, &t_lo, &t_hi);
     uint64_t z1, z0;
-    tq_tcq_subset_words(tcq_word(qu), &z1, &z0);
+    tq_tcq_subset_words(tq_load_word(qu), &z1, &z0);
     const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
     for (int g = 0; g < 8; g++)
         _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits + 1, tcq_index8(qs, l, z1, z0, g), t_lo, t_hi)));
@@ -306,7 +306,7 @@ static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, co
 
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
     const block_tq2t *y = (const block_tq2t *)vy;
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(2, NULL, tcq_word(y[i].ql), y[i].qu, y[i].d, x + i * TQ_BLOCK);
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(2, NULL, tq_load_word(y[i].ql), y[i].qu, y[i].d, x + i * TQ_BLOCK);
 }
 static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
     const block_tq3t *y = (const block_tq3t *)vy;

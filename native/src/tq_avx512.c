@@ -278,13 +278,13 @@ static inline void tcq_unpack(int bits, const void *blk, __m512i idx[4]) {
     __m512i base[4];
     if (bits == 3) {
         const block_tq3t *b = (const block_tq3t *)blk;
-        tq_tcq_subset_words(tcq_word(b->qu), &z1, &z0);
+        tq_tcq_subset_words(tq_load_word(b->qu), &z1, &z0);
         const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b->qs)), m3 = _mm512_set1_epi32(3);
         for (int r = 0; r < 4; r++) base[r] = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a, 2 * r), m3), 2);
     } else {
         const block_tq2t *b = (const block_tq2t *)blk;
-        tq_tcq_subset_words(tcq_word(b->qu), &z1, &z0);
-        const uint64_t l = tcq_word(b->ql);
+        tq_tcq_subset_words(tq_load_word(b->qu), &z1, &z0);
+        const uint64_t l = tq_load_word(b->ql);
         for (int r = 0; r < 4; r++)
             base[r] = _mm512_maskz_mov_epi32((__mmask16)(l >> (16 * r)), _mm512_set1_epi32(4));
     }

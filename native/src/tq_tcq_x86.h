@@ -69,10 +69,3 @@ static inline void tcq_quantize_rows(int bits, const float *x, void *vy, size_t 
 }
 static void quantize_tq2t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(2, x, vy, nb); }
 static void quantize_tq3t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(3, x, vy, nb); }
-
-/* a block's 64-bit word (qu, ql) as tq-blocks.h stores it: little-endian, as x86 is */
-static inline uint64_t tcq_word(const uint8_t w[8]) {
-    uint64_t v;
-    memcpy(&v, w, 8);
-    return v;
-}
