@@ -266,7 +266,7 @@ if want sanitize && [ "$(left)" -gt 60 ]; then
       timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_FUSED_WRITE -p 'type=(tq3|tq3t),'; echo "rc=$?"
       echo "== memcheck + racecheck test-backend-ops (one layer's attention: the chains side by side, the un-rotation)"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER; echo "rc=$?"
-      timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER -p 'type_k=tq3,'; echo "rc=$?"
+      timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER -p 'type_k=tq3t?,'; echo "rc=$?"
       echo "== racecheck test-backend-ops (tq3 vec decode)"
       timeout $(( $(left) - 20 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o FLASH_ATTN_EXT \
           -p 'hsk=128,.*kv=512,nb=1,.*type_K=tq3,type_V=tq3'; echo "rc=$?"
