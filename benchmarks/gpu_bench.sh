@@ -240,8 +240,11 @@ fi
 if want profile && [ "$(left)" -gt 90 ]; then
     m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
     [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/profile.log" 2>&1
-    # a first run keeps the calibration (its kv-calib file), so that the profiled run holds the decode step only
-    $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk tq3 -ctv tq3 -p 0 -n 1 -r 1 >> "$out/profile.log" 2>&1
+    # a first run per cache type keeps its calibration (a kv-calib file per type), so that the profiled
+    # run holds the decode step only
+    for t in $(for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do echo "${spec%@*}"; done | sort -u); do
+        $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 >> "$out/profile.log" 2>&1
+    done
     csvs=()
     for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do
         t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
