@@ -55,53 +55,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// The K phase on the tensor cores (mma.sync m16n8k16, f16 in, f32 out) where the card has them
-// (sm_80 on); elsewhere, or with TQ_FA_FLOAT_K defined (A/B in the test harness), the float FMAs.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && defined(TQ_FA_MMA_K_ON)
-#define TQ_FA_MMA_K 1
-#else
-#define TQ_FA_MMA_K 0
-#endif
-// The V phase likewise (TQ_FA_FLOAT_V: the float FMAs)
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(TQ_FA_FLOAT_V)
-#define TQ_FA_MMA_V 1
-#else
-#define TQ_FA_MMA_V 0
-#endif
-#ifndef TQ_FA_MINB
-#define TQ_FA_MINB 1
-#endif
-
-#ifndef TQ_FA_MMA_QSPLIT
-#define TQ_FA_MMA_QSPLIT 0 // 1: the query as f16 + f16 remainder, two mma per step (A/B of its accuracy)
-#endif
-
 #define TQ_FA_NT  128 // threads per block
 #define TQ_FA_VPT 16  // values of a key per thread
 #define TQ_FA_LOG2E 1.4426950408889634f
 
 // ---- the block layouts as the kernel sees them -------------------------------------------------
 
-// bits per code (the size of the centroid table: 2^bits), whether the code is trellis-coded, the
-// byte offset of a thread's second plane word (values 4i + 16s .. +3), and the shift of that word
-// that makes step s + 2 read as step s (the first word's is 4 for every type)
+// bits per code (the size of the centroid table: 2^bits), whether the code is trellis-coded, and the
+// byte offset of a thread's second plane word (values 4i + 16s .. +3)
 template <typename block_t> struct tq_fa_block;
 template <> struct tq_fa_block<block_tq2> {
     static constexpr int bits = 2; // one word: qs[4i..]
     static constexpr bool tcq = false;
-    static constexpr int w1_s2 = 0;
     static __device__ __forceinline__ int w1_off(int) { return 0; }
 };
 template <> struct tq_fa_block<block_tq3> {
     static constexpr int bits = 3; // the 1-bit plane word qh[4 (i & 1)..]
     static constexpr bool tcq = false;
-    static constexpr int w1_s2 = 4;
     static __device__ __forceinline__ int w1_off(int i) { return (int) offsetof(block_tq3, qh) + 4 * (i & 1); }
 };
 template <> struct tq_fa_block<block_tq4> {
     static constexpr int bits = 4; // values 16 + 4i.. and 48 + 4i..: qs[16 + 4i..]
     static constexpr bool tcq = false;
-    static constexpr int w1_s2 = 4;
     static __device__ __forceinline__ int w1_off(int i) { return (int) offsetof(block_tq4, qs) + 16 + 4 * i; }
 };
 // tq3t: a value's code indexes the 4-bit codebook (4 * level + subset, tq-math.h); w0 is the 2-bit
@@ -109,7 +84,6 @@ template <> struct tq_fa_block<block_tq4> {
 template <> struct tq_fa_block<block_tq3t> {
     static constexpr int bits = 4;
     static constexpr bool tcq = true;
-    static constexpr int w1_s2 = 16;
     static __device__ __forceinline__ int w1_off(int) { return (int) offsetof(block_tq3t, qu); }
 };
 
@@ -355,129 +329,6 @@ static __device__ __forceinline__ void tq_fa_axpy16(const float * tab, const uin
     }
 }
 
-// ---- the K phase on the tensor cores ---------------------------------------------------------
-//
-// S = Q K^T as mma.m16n8k16: A = the query rows (16 rows, RB of them real, the rest zero), B = the
-// keys' centroids (16 values x 8 keys), C = the scores (rows x keys). The order of the 16 values of
-// an mma step is free as long as A and B agree, so step (c, s) of a key takes the values
-// 64c + 4t + 16s + b (b = 0..3) to mma positions 2t + b (b < 2) and 2t + 8 + b - 2 (b >= 2): lane
-// t of an mma group then needs exactly the codes of its own plane word (i = t, tq_fa_words) of the
-// key it holds (the group's key, B's column), with no shuffling, and the query as the same values.
-// Centroids become f16 by table lookups in registers: __byte_perm picks the low and the high bytes
-// of four f16 centroids at once from the 8-entry table, two more interleave them; a 4-bit code uses
-// the codebook's symmetry c[15 - k] = -c[k] (a code >= 8 looks up 15 - k and flips the sign).
-
-static __device__ __forceinline__ uint32_t tq_fa_prmt(const uint32_t a, const uint32_t b, const uint32_t sel) {
-    // inline: __byte_perm documents 3 selector bits, the sign-replicate bit 3 is prmt's own
-    uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-
-static __device__ __forceinline__ uint32_t tq_fa_h2(const float lo, const float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *(const uint32_t *) &h;
-}
-
-// the f16 bytes of centroids 0..7 (2-bit: 0..3; 4-bit: the lower half, the upper half is its
-// negative): x, y the low bytes of 0..3 and 4..7, z, w the high bytes
-template <int bits>
-static __device__ __forceinline__ uint4 tq_fa_f16_table() {
-    uint32_t t[4] = { 0u, 0u, 0u, 0u };
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        if (k < (1 << bits)) {
-            const uint32_t h = __half_as_ushort(__float2half_rn(tq_cuda_centroid<bits>((uint32_t) k)));
-            t[k / 4]     |= (h & 0xffu) << (8 * (k % 4));
-            t[2 + k / 4] |= (h >> 8) << (8 * (k % 4));
-        }
-    }
-    return make_uint4(t[0], t[1], t[2], t[3]);
-}
-
-// the f16 centroids of values 4i + 16s + b, b = 0..3: their low bytes in lo, their high bytes in hi
-template <typename block_t, int s>
-static __device__ __forceinline__ void tq_fa_f16x4(const uint32_t w0, const uint32_t w1, const uint4 tab,
-                                                   uint32_t & lo, uint32_t & hi) {
-    uint32_t x = tq_fa_codes4x4<block_t, s>(w0, w1) >> 2; // one code per byte
-    uint32_t neg = 0u;
-    if constexpr (tq_fa_block<block_t>::bits == 4) {
-        neg = tq_fa_prmt(x << 4, 0u, 0xba98u);            // 0xff in the bytes of codes >= 8
-        x = (x ^ neg) & 0x07070707u;                       // 15 - k there
-    }
-    const uint32_t y   = (x | (x >> 4)) & 0x00ff00ffu;    // codes 0, 1 and 2, 3 as nibbles of bytes 0 and 2
-    const uint32_t sel = tq_fa_prmt(y, 0u, 0x0020u);      // the four codes as selector nibbles
-    lo = tq_fa_prmt(tab.x, tab.y, sel);
-    hi = tq_fa_prmt(tab.z, tab.w, sel) ^ (neg & 0x80808080u);
-}
-
-// B fragment of step s of a key: values 4i + 16s + 0, 1 in b0 and + 2, 3 in b1
-template <typename block_t, int s>
-static __device__ __forceinline__ void tq_fa_kfrag(const uint32_t w0, const uint32_t w1, const uint4 tab,
-                                                   uint32_t & b0, uint32_t & b1) {
-    uint32_t lo, hi;
-    tq_fa_f16x4<block_t, s>(w0, w1, tab, lo, hi);
-    b0 = tq_fa_prmt(lo, hi, 0x5140u);
-    b1 = tq_fa_prmt(lo, hi, 0x7362u);
-}
-
-// four values of two keys a and b (lo/hi bytes as tq_fa_f16x4 gives them) as half2 {a, b} of value 0..3
-static __device__ __forceinline__ void tq_fa_pair4(const uint32_t la, const uint32_t ha, const uint32_t lb, const uint32_t hb,
-                                                   uint32_t (&o)[4]) {
-    const uint32_t x01 = tq_fa_prmt(la, lb, 0x5140u);
-    const uint32_t y01 = tq_fa_prmt(ha, hb, 0x5140u);
-    const uint32_t x23 = tq_fa_prmt(la, lb, 0x7362u);
-    const uint32_t y23 = tq_fa_prmt(ha, hb, 0x7362u);
-    o[0] = tq_fa_prmt(x01, y01, 0x5140u);
-    o[1] = tq_fa_prmt(x01, y01, 0x7362u);
-    o[2] = tq_fa_prmt(x23, y23, 0x5140u);
-    o[3] = tq_fa_prmt(x23, y23, 0x7362u);
-}
-
-// C += A B, all of A
-static __device__ __forceinline__ void tq_fa_mma4(float (&c)[4], const uint32_t a0, const uint32_t a1, const uint32_t a2,
-                                                  const uint32_t a3, const uint32_t b0, const uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    (void) c; (void) a0; (void) a1; (void) a2; (void) a3; (void) b0; (void) b1;
-#endif
-}
-
-// C += A B for one mma step; A's rows 8..15 are zero (at most 4 query rows per block)
-static __device__ __forceinline__ void tq_fa_mma(float (&c)[4], const uint32_t a0, const uint32_t a2,
-                                                 const uint32_t b0, const uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-#else
-    (void) c; (void) a0; (void) a2; (void) b0; (void) b1;
-#endif
-}
-
-#if TQ_FA_MMA_QSPLIT
-#define TQ_FA_QLO(k) ql[k]
-#else
-#define TQ_FA_QLO(k) qa[k]
-#endif
-
-// one mma step: the B fragment of step s, times the query (and, split, what its f16 dropped)
-template <typename block_t, int s>
-static __device__ __forceinline__ void tq_fa_kstep(float (&a)[4], const uint32_t (&qhi)[2], const uint32_t (&qlo)[2],
-                                                   const uint32_t w0, const uint32_t w1, const uint4 tab) {
-    uint32_t b0, b1;
-    tq_fa_kfrag<block_t, s>(w0, w1, tab, b0, b1);
-    tq_fa_mma(a, qhi[0], qhi[1], b0, b1);
-#if TQ_FA_MMA_QSPLIT
-    tq_fa_mma(a, qlo[0], qlo[1], b0, b1);
-#else
-    (void) qlo;
-#endif
-}
-
 template <int RB>
 static __device__ __forceinline__ void tq_fa_ld_rows(const float * src, float (&v)[RB]) {
     if constexpr (RB == 4) {
@@ -505,7 +356,7 @@ static __device__ __forceinline__ void tq_fa_st_rows(float * dst, const float (&
 // (128, 1): ptxas then keeps ~190 registers and 2 blocks per SM, 7 % faster on an H200 than the
 // 168 registers and 3 blocks it picks from (128) alone (measured at D 128, G 4, 32K keys)
 template <typename KB, typename VB, int D, int RB>
-static __global__ void __launch_bounds__(TQ_FA_NT, TQ_FA_MINB)
+static __global__ void __launch_bounds__(TQ_FA_NT, 1)
 tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     static_assert(D % TQ_BLOCK == 0 && D >= 64 && D <= 256, "head size 64, 128 or 256");
     static_assert(RB == 1 || RB == 2 || RB == 4, "1, 2 or 4 rows per block");
@@ -542,18 +393,14 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     const int tid  = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-#if !TQ_FA_MMA_K
     // K: block kc of keys ka and ka + TK/2 of the tile
     const int kc = tid % NB;
     const int ka = tid / NB;
-#endif
-#if !TQ_FA_MMA_V
     // V: 16 dims (block vc, 2-bit plane word vi) of keys vkg + NKG*j
     const int vdg = tid % NDG;
     const int vkg = tid / NDG;
     const int vc  = vdg >> 2;
     const int vi  = vdg & 3;
-#endif
 
     const int chunk = blockIdx.x % p.n_chunks;
     const int kvh   = blockIdx.x / p.n_chunks;
@@ -585,43 +432,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         }
         sq[(r * NB + d / TQ_BLOCK) * QS + d % TQ_BLOCK] = v;
     }
-
-#if TQ_FA_MMA_K || TQ_FA_MMA_V
-    // the mma layout: lane = 4 g + t (g: the group, t: the thread in it); each warp takes KPW keys
-    constexpr int KPW = TK / NW;   // keys per warp and tile
-    static_assert(KPW % 16 == 0, "whole k16 tiles of keys per warp");
-    const int mg = lane >> 2;
-    const int mt = lane & 3;
-#endif
-#if TQ_FA_MMA_K
-    // K: g is A's and C's row (a query row when g < RB) and B's column (the key this lane decodes),
-    // t picks the plane word of every block (tq_fa_kfrag above)
-    const uint4 kf16 = tq_fa_f16_table<KBITS>();
-    uint32_t qa[NB * 4][2];        // A of step 4c + s: the query at 64c + 4t + 16s + 0, 1 and + 2, 3
-#if TQ_FA_MMA_QSPLIT
-    uint32_t ql[NB * 4][2];        // what f16 dropped of it
-#endif
-    __syncthreads();               // sq written
-#pragma unroll
-    for (int c = 0; c < NB; ++c) {
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (mg < RB) {
-                v = *(const float4 *) (sq + (mg * NB + c) * QS + 4 * mt + 16 * s);
-            }
-            qa[4 * c + s][0] = tq_fa_h2(v.x, v.y);
-            qa[4 * c + s][1] = tq_fa_h2(v.z, v.w);
-#if TQ_FA_MMA_QSPLIT
-            const float2 h0 = __half22float2(*(const __half2 *) &qa[4 * c + s][0]);
-            const float2 h1 = __half22float2(*(const __half2 *) &qa[4 * c + s][1]);
-            ql[4 * c + s][0] = tq_fa_h2(v.x - h0.x, v.y - h0.y);
-            ql[4 * c + s][1] = tq_fa_h2(v.z - h1.x, v.w - h1.y);
-#endif
-        }
-    }
-    float lq = 0.0f;               // sum of the probabilities of this lane's keys, row g
-#endif
 
     // mask elements e = tid + 128 n of a tile: key e / RB, row e % RB (rows of one token repeat it)
     const uint16_t * mptr[MPT];
@@ -674,38 +484,15 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     // finite start: exp2(M_old - M_new) stays a number while every key so far was masked
     float M[RB];
     float l[RB];                  // K threads of block 0: sums of their keys' probabilities
-#if TQ_FA_MMA_V
-    // O^T = V^T P^T per warp over its keys: A = the keys' centroids (16 dims x 16 keys), B = the
-    // probabilities times the keys' scales (16 keys x 8 rows, RB of them real), C = [dim][row].
-    // Tile j of block c holds in its rows g and g + 8 the values 4i + 16s + j of plane word
-    // i = g / 2 with s = 2 (g % 2) and s = 2 (g % 2) + 1: a lane decodes the 8 values of its group
-    // that one half of its plane word holds, for keys 2t, 2t + 1, 2t + 8, 2t + 9 of 16.
-    float oacc[NB][4][4];
-    const uint4 vf16 = tq_fa_f16_table<VBITS>();
-#pragma unroll
-    for (int c = 0; c < NB; ++c) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                oacc[c][j][e] = 0.0f;
-            }
-        }
-    }
-#else
     float acc[RB][TQ_FA_VPT];     // V threads: unnormalized outputs of their 16 dims over their keys
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-        for (int v = 0; v < TQ_FA_VPT; ++v) {
-            acc[r][v] = 0.0f;
-        }
-    }
-#endif
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
         M[r] = -FLT_MAX / 2;
         l[r] = 0.0f;
+#pragma unroll
+        for (int v = 0; v < TQ_FA_VPT; ++v) {
+            acc[r][v] = 0.0f;
+        }
     }
 
     // pipeline: the K tile of t+1 loads during V(t), the V tile of t+1 during K(t+1)
@@ -730,53 +517,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         tq_fa_cp_wait<1>();   // K(t) is in (V(t) may not be)
         __syncthreads();
 
-#if TQ_FA_MMA_K
-        // ---- K: each warp scores its KPW keys for all rows, 8 keys per mma tile; the raw scores
-        // (mask added, -inf past the keys) go to sp, from where the lane that made them reads them
-        {
-            const uint32_t kg0 = (uint32_t) (uintptr_t) (Kh + k0 * p.nbk1);
-            float mx = -INFINITY;
-            // a loop, not unrolled: the unrolled body overflows the instruction cache
-#pragma unroll 1
-            for (int nt = 0; nt < KPW / 8; ++nt) {
-                const int kb  = warp * KPW + 8 * nt;
-                const int xk  = rowoff_k(kg0, kb + mg);  // the key this lane decodes
-                const int kl0 = kb + 2 * mt;             // the keys whose scores it receives
-                const int xs0 = rowoff_k(kg0, kl0);
-                const int xs1 = rowoff_k(kg0, kl0 + 1);
-                float s0 = 0.0f;
-                float s1 = 0.0f;
-#pragma unroll
-                for (int c = 0; c < NB; ++c) {
-                    uint32_t w0, w1;
-                    tq_fa_words<KB>(sm, xk + c * LK::BS, mt, w0, w1);
-                    float a[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
-                    tq_fa_kstep<KB, 0>(a, qa[4 * c + 0], TQ_FA_QLO(4 * c + 0), w0, w1, kf16);
-                    tq_fa_kstep<KB, 1>(a, qa[4 * c + 1], TQ_FA_QLO(4 * c + 1), w0, w1, kf16);
-                    tq_fa_kstep<KB, 2>(a, qa[4 * c + 2], TQ_FA_QLO(4 * c + 2), w0, w1, kf16);
-                    tq_fa_kstep<KB, 3>(a, qa[4 * c + 3], TQ_FA_QLO(4 * c + 3), w0, w1, kf16);
-                    // the block's scale per key: C columns 2t and 2t + 1
-                    s0 = fmaf(tq_cuda_half(*(const uint16_t *) (sm + xs0 + c * LK::BS)), a[0], s0);
-                    s1 = fmaf(tq_cuda_half(*(const uint16_t *) (sm + xs1 + c * LK::BS)), a[1], s1);
-                }
-                if (mg < RB) {
-                    // select, not add: rows past the tile hold stale codes whose scale may be NaN
-                    s0 = kl0     < nk ? s0 + smask[kl0 * RB + mg]       : -INFINITY;
-                    s1 = kl0 + 1 < nk ? s1 + smask[(kl0 + 1) * RB + mg] : -INFINITY;
-                    sp[kl0 * RB + mg]       = s0;
-                    sp[(kl0 + 1) * RB + mg] = s1;
-                    mx = fmaxf(mx, fmaxf(s0, s1));
-                }
-            }
-            // row g's max over the warp: the 4 lanes of group g
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            if (mt == 0 && mg < RB) {
-                wmax[warp][mg] = mx;
-            }
-        }
-        __syncthreads();   // K tile read, warp maxima written
-#else
         // ---- K: scores of two keys for every row (the NB threads of a key each do one block) ----
         float sa[RB];
         float sb[RB];
@@ -838,7 +578,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             }
         }
         __syncthreads();   // K tile read, warp maxima written
-#endif
 
         if (it + 1 < ntiles) {
             stage_k(k0 + TK);
@@ -857,33 +596,9 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             moved |= mn > M[r];
             f[r] = exp2f(M[r] - mn);
             M[r] = mn;
-#if !TQ_FA_MMA_K
             sa[r] = exp2f(sa[r] - mn);
             sb[r] = exp2f(sb[r] - mn);
-#endif
         }
-#if TQ_FA_MMA_K
-        if (mg < RB) {
-            float mq = M[0];
-            float fq = f[0];
-#pragma unroll
-            for (int r = 1; r < RB; ++r) {
-                mq = mg == r ? M[r] : mq;
-                fq = mg == r ? f[r] : fq;
-            }
-            float ls = 0.0f;
-#pragma unroll 1
-            for (int nt = 0; nt < KPW / 8; ++nt) {
-                float * pp = sp + (warp * KPW + 8 * nt + 2 * mt) * RB + mg;
-                const float p0 = exp2f(pp[0] - mq);
-                const float p1 = exp2f(pp[RB] - mq);
-                pp[0]  = p0;
-                pp[RB] = p1;
-                ls += p0 + p1;
-            }
-            lq = lq * fq + ls;
-        }
-#else
         if (kc == 0) {
             tq_fa_st_rows<RB>(sp + ka * RB, sa);
             tq_fa_st_rows<RB>(sp + (ka + TK / 2) * RB, sb);
@@ -892,7 +607,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
                 l[r] = l[r] * f[r] + sa[r] + sb[r];
             }
         }
-#endif
         // the mask of tile t+1 (its last reader, K(t), is done), then the loads for t+2
         if (it + 1 < ntiles) {
             mask_store(k0 + TK);
@@ -904,73 +618,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         tq_fa_cp_wait<1>();   // V(t) is in (K(t+1) may not be)
         __syncthreads();       // probabilities and the V tile visible
 
-#if TQ_FA_MMA_V
-        // ---- V: O^T += V^T P^T over the warp's keys of the tile, 16 keys per mma ----
-        if (moved) {
-            // C columns 2t and 2t + 1 are rows 2t and 2t + 1, real for t < 2 (the others stay zero);
-            // two-way selects: a chain over r becomes an indexed array in local memory
-            const float f0 = mt == 0 ? f[0]                  : f[RB > 2 ? 2 : RB - 1];
-            const float f1 = mt == 0 ? f[RB > 1 ? 1 : 0]     : f[RB > 3 ? 3 : RB - 1];
-#pragma unroll
-            for (int c = 0; c < NB; ++c) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    oacc[c][j][0] *= f0;
-                    oacc[c][j][1] *= f1;
-                    oacc[c][j][2] *= f0;
-                    oacc[c][j][3] *= f1;
-                }
-            }
-        }
-        {
-            const uint32_t vg0 = (uint32_t) (uintptr_t) (Vh + k0 * p.nbv1);
-            const uint8_t * Vs = sm + KBUF;
-            const int vw  = mg >> 1;                          // the lane's plane word
-            const int sh0 = 4 * (mg & 1);                     // its steps 2 and 3 read as 0 and 1
-            const int sh1 = tq_fa_block<VB>::w1_s2 * (mg & 1);
-#pragma unroll 1
-            for (int ch = 0; ch < KPW / 16; ++ch) {
-                const int kb = warp * KPW + 16 * ch;
-                int kl[4];
-                int xv[4];
-                float pk[4];
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    kl[q] = kb + 2 * mt + (q & 1) + 8 * (q >> 1); // keys 2t, 2t + 1, 2t + 8, 2t + 9
-                    xv[q] = rowoff_v(vg0, kl[q]);
-                    pk[q] = mg < RB ? sp[kl[q] * RB + mg] : 0.0f;   // B column g: row g's probabilities
-                }
-#pragma unroll
-                for (int c = 0; c < NB; ++c) {
-                    float pd[4];
-                    uint32_t lo[4][2], hi[4][2];
-#pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                        const int x = xv[q] + c * LV::BS;
-                        // select, not multiply: p = 0 times a stale scale of inf or NaN is NaN
-                        pd[q] = kl[q] < nk ? pk[q] * tq_cuda_half(*(const uint16_t *) (Vs + x)) : 0.0f;
-                        uint32_t w0, w1;
-                        tq_fa_words<VB>(Vs, x, vw, w0, w1);
-                        w0 >>= sh0;
-                        w1 >>= sh1;
-                        tq_fa_f16x4<VB, 0>(w0, w1, vf16, lo[q][0], hi[q][0]);
-                        tq_fa_f16x4<VB, 1>(w0, w1, vf16, lo[q][1], hi[q][1]);
-                    }
-                    const uint32_t b0 = tq_fa_h2(pd[0], pd[1]);
-                    const uint32_t b1 = tq_fa_h2(pd[2], pd[3]);
-                    uint32_t a0[4], a1[4], a2[4], a3[4];
-                    tq_fa_pair4(lo[0][0], hi[0][0], lo[1][0], hi[1][0], a0); // rows g: keys 2t, 2t + 1
-                    tq_fa_pair4(lo[0][1], hi[0][1], lo[1][1], hi[1][1], a1); // rows g + 8
-                    tq_fa_pair4(lo[2][0], hi[2][0], lo[3][0], hi[3][0], a2); // rows g: keys 2t + 8, 2t + 9
-                    tq_fa_pair4(lo[2][1], hi[2][1], lo[3][1], hi[3][1], a3);
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        tq_fa_mma4(oacc[c][j], a0[j], a1[j], a2[j], a3[j], b0, b1);
-                    }
-                }
-            }
-        }
-#else
         // ---- V: acc += p * v over this thread's keys of the tile ----
         if (moved) {
             // every thread computed the same maxima: a uniform branch, taken rarely after the first tiles
@@ -1006,7 +653,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
                 tq_fa_axpy16<VB, RB, 3>(vtab, w0, w1, pd, acc);
             }
         }
-#endif
         __syncthreads();   // V tile and probabilities read
 
         if (it + 1 < ntiles) {
@@ -1018,12 +664,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     // ---- sums over the block: all threads share the maxima M, so no rescaling is left ----
     tq_fa_cp_wait<0>();
     __syncthreads();
-#if TQ_FA_MMA_K
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-        l[r] = mg == r ? lq : 0.0f;
-    }
-#endif
 
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
@@ -1039,24 +679,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             red_M[r] = M[r];
         }
     }
-    float * red = (float *) sm; // [NW][RB][D]
-#if TQ_FA_MMA_V
-    // C of tile j of block c: rows g, g + 8 = values 4 (g / 2) + 16 (2 (g % 2) + h) + j, columns 2t, 2t + 1 = rows
-#pragma unroll
-    for (int c = 0; c < NB; ++c) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int r = 2 * mt + (e & 1);
-                const int h = e >> 1;
-                if (r < RB) {
-                    red[(warp * RB + r) * D + 64 * c + 4 * (mg >> 1) + 16 * (2 * (mg & 1) + h) + j] = oacc[c][j][e];
-                }
-            }
-        }
-    }
-#else
     // the key groups of a warp hold the same dims in lanes vdg, vdg + NDG, ...
 #pragma unroll
     for (int off = NDG; off < 32; off <<= 1) {
@@ -1068,6 +690,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             }
         }
     }
+    float * red = (float *) sm; // [NW][RB][D]
     if (lane < NDG) {
 #pragma unroll
         for (int r = 0; r < RB; ++r) {
@@ -1080,7 +703,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             }
         }
     }
-#endif
     __syncthreads();
 
     for (int e = tid; e < RB * D; e += TQ_FA_NT) {
