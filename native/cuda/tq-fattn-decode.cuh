@@ -36,11 +36,12 @@
 // memory (all lanes hit distinct banks or share a word: one conflict-free access per value). The
 // mask goes through registers a tile ahead.
 //
-// Cost (H200, D 128, G 4, 32K keys): the kernel issues about 25M warp instructions at ~0.55 per
-// scheduler and cycle, i.e. it is bound by instruction issue, not by memory (~25 instructions per
-// value of K and V, 8 of them the FMAs of 4 rows). A variant with the two products on the tensor
-// cores (tf32 split in three for float accuracy) was no faster: the lookups and fragment shuffling
-// cost as much as the FMAs they replace.
+// Cost (H200, D 128, G 4, 32K keys, tq3): 48 us, 567 GB/s of codes. It is bound by latency at low
+// occupancy, not by bandwidth or by how many instructions it issues: ncu finds 1.94 active warps
+// per scheduler (2 blocks of ~190 registers per SM), 0.88 of them eligible, an instruction every
+// 1.7 cycles. Fewer instructions did not help: both products on the tensor cores (f16 mma, the
+// centroids looked up by byte permutes; git log --grep "tensor cores") issue fewer but chain them
+// longer, and measured 54 us; with tf32 split in three for float accuracy, no faster either.
 //
 // The raw launcher (tq_fa_decode_launch) takes plain pointers, byte strides and a stream, so
 // native/tests/tq_cuda_fattn_test.cu runs it without ggml; fattn.cu defines TQ_FA_DECODE_GGML
