@@ -31,6 +31,9 @@
 #   rpc     a CUDA ggml-rpc-server and a CPU-only client on this host (benchmarks/rpc_bench.py, needs "pip"):
 #           decode tokens/s and bytes per token over the socket, f16 and tq3, next to local CUDA
 #   qk      native/bench/tq_cuda_qk_bench.cu: q.k logits over 32K keys, f32 / f16 / q8_0 / tq4 / tq3
+#   batched llama-batched-bench -npp 8192 -ntg 32 -npl 1,4,16 per cache type (TQ_BATCHED_TYPES, default
+#           "f16 tq3 q4_0"; TQ_BATCHED_PP, TQ_BATCHED_NPL), with the build step and llama-batched-bench in
+#           TQ_TARGETS; then the decode kernel alone on S sequences of that depth (tq_cuda_fattn_test --seqs)
 # Environment: TQ_BUDGET (seconds for the whole script, default 570), TQ_STEPS (default
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
@@ -115,7 +118,8 @@ fi
 if want pip || { ! want build && [ -n "$(pkgdir)" ] && [ -x "$(pkgdir)/bin/test-backend-ops" ]; }; then
     bin=$(pkgdir)/bin
 else
-    bin=$(dirname "$(find $b -name test-backend-ops -type f -perm -u+x 2>/dev/null | head -1)")
+    # the folder of whichever tool the build step made (TQ_TARGETS may leave test-backend-ops out)
+    bin=$(dirname "$(find $b \( -name test-backend-ops -o -name llama-bench -o -name llama-batched-bench \) -type f -perm -u+x 2>/dev/null | head -1)")
 fi
 say "tools: $bin"
 tbo=$bin/test-backend-ops
@@ -190,6 +194,38 @@ if want bench && [ "$(left)" -gt 90 ]; then
         say "llama-bench $spec rc=$?"
     done
     grep -E '^## |^\| llama' "$out/bench.log" >> "$sum"
+fi
+
+# ---- 5c. batched decode as a server runs it: S sequences of the same depth, one token each per step
+# (llama-batched-bench; the package does not ship it, so the "build" step with it in TQ_TARGETS), then
+# the decode kernel alone on the same shape (native/tests/tq_cuda_fattn_test.cu --seqs S --kv depth)
+if want batched && [ "$(left)" -gt 90 ]; then
+    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
+    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/batched.log" 2>&1
+    pp=${TQ_BATCHED_PP:-8192}; npl=${TQ_BATCHED_NPL:-1,4,16}; tg=32
+    maxpl=$(tr ',' '\n' <<< "$npl" | sort -n | tail -1)
+    if [ -x "$bin/llama-batched-bench" ]; then
+        for spec in ${TQ_BATCHED_TYPES:-f16 tq3 q4_0}; do
+            tk=${spec%/*}; tv=${spec#*/}
+            [ "$(left)" -gt 60 ] || { say "batched: out of time before $spec"; break; }
+            echo "## $spec" >> "$out/batched.log"
+            # one KV stream per sequence (llama.cpp's default), each of pp + tg cells
+            timeout $(( $(left) - 30 )) $bin/llama-batched-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv -c $(( maxpl * (pp + tg) )) \
+                -npp $pp -ntg $tg -npl $npl >> "$out/batched.log" 2>&1
+            say "llama-batched-bench $spec rc=$?"
+        done
+        grep -E '^## |^\| +[0-9]' "$out/batched.log" >> "$sum"
+    else
+        say "batched: no llama-batched-bench in $bin (the build step with TQ_TARGETS naming it)"
+    fi
+    n=/tmp/tq-native
+    if [ "$(left)" -gt 60 ] && { [ -x $n/tq_cuda_fattn_test ] || { cmake -S native -B $n -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=ON -DTQ_CUDA_TESTS=ON >/dev/null &&
+            cmake --build $n -j "$jobs" --target tq_cuda_fattn_test >/dev/null; }; }; then
+        for S in $(tr ',' ' ' <<< "$npl"); do
+            timeout 60 $n/tq_cuda_fattn_test --perf-only --type tq3 --seqs "$S" --kv "$pp" | grep '^perf tq' >> "$out/batched.log" 2>&1
+        done
+        grep '^perf tq' "$out/batched.log" | sed -E 's/ D=128 G=4 kvh=8 tok=1//; s/, RB=.*//' >> "$sum"
+    fi
 fi
 
 # ---- 5'. the GPU tests of the package (tests/test_gpu.py) -----------------------------------------

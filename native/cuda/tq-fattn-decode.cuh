@@ -8,9 +8,10 @@
 // Work split. Grid (row chunks x KV heads, key splits, sequences). The "rows" of a KV head are its
 // G * n_tokens (query head, token) pairs, RB (1, 2 or 4) per block; more rows take more chunks,
 // which re-read the same codes (adjacent in the grid, so mostly from L2) rather than holding more
-// than 4 rows of query and accumulator in registers. Key splits fill the GPU (about one wave at the
-// kernel's occupancy); each split writes its running max, sum and unnormalized output, and a small
-// second kernel combines them (a single split writes the output directly).
+// than 4 rows of query and accumulator in registers. Key splits fill the GPU in whole waves at the
+// kernel's occupancy (tq_fa_tiles_per_split); each split writes its running max, sum and
+// unnormalized output, and a small second kernel combines them (a single split writes the output
+// directly).
 //
 // Inside a block (128 threads), per tile of 16384/D keys:
 //  * K phase: a thread takes one 64-value block of two keys (D/64 threads per key, their partial
@@ -863,7 +864,31 @@ static inline bool tq_fa_decode_supported(const tq_fa_decode_args & a) {
     return true;
 }
 
-// Rows per block, chunks, and key splits for about one full wave of blocks.
+// Tiles of keys per split, for ntiles tiles, base blocks per split (row chunks x KV heads x
+// sequences) and slots blocks resident on the GPU at once: the split that finishes first, a block's
+// time being its tiles and the kernel's the waves of blocks times that (ties to fewer splits, which
+// the combine reads). Splitting to fill the GPU "about once" gave 16 sequences of 8K keys 3 splits,
+// 384 blocks where 264 fit, and a second wave as long as the first: 211.9 us against 157.7 us with
+// the 2 splits chosen here (H200, tq3, D 128, 8 KV heads; native/tests/tq_cuda_fattn_test.cu).
+static inline int tq_fa_tiles_per_split(const int ntiles, const int64_t base, const int64_t slots) {
+    int64_t best = INT64_MAX;
+    int tps_best = ntiles;
+    for (int64_t want = 1; want <= ntiles; ++want) {
+        const int64_t tps    = (ntiles + want - 1) / want;
+        const int64_t splits = (ntiles + tps - 1) / tps;
+        const int64_t cost   = (base * splits + slots - 1) / slots * tps;
+        if (cost < best) {
+            best = cost;
+            tps_best = (int) tps;
+        }
+        if (base * want >= 2 * slots) {
+            break; // past a second wave more splits only tie
+        }
+    }
+    return tps_best;
+}
+
+// Rows per block, chunks, and key splits (tq_fa_tiles_per_split).
 // force_splits, force_rb: 0 = choose (the test harness sets them to reach every path)
 static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args & a, const int nsm, const int force_splits,
                                                        const int force_rb = 0) {
@@ -885,9 +910,8 @@ static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args &
 
     const int ntiles = (a.n_kv + pl.TK - 1) / pl.TK;
     const int64_t base = (int64_t) pl.n_chunks * a.n_kv_heads * a.n_seq;
-    int64_t want = force_splits > 0 ? force_splits : ((int64_t) (nsm > 0 ? nsm : 1) * ki.blocks_per_sm + base - 1) / base;
-    want = want < 1 ? 1 : want > ntiles ? ntiles : want;
-    pl.tiles_per_split = (int) ((ntiles + want - 1) / want);
+    pl.tiles_per_split = force_splits > 0 ? (ntiles + force_splits - 1) / force_splits
+                                          : tq_fa_tiles_per_split(ntiles, base, (int64_t) (nsm > 0 ? nsm : 1) * ki.blocks_per_sm);
     pl.n_splits = (ntiles + pl.tiles_per_split - 1) / pl.tiles_per_split;
     const size_t rows_total = (size_t) a.n_seq * a.n_tokens * a.n_q_heads;
     pl.scratch_floats = pl.n_splits > 1 ? rows_total * pl.n_splits * (a.D + 2) : 0;

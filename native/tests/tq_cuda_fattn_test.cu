@@ -4,8 +4,10 @@
 // f16 mask broadcast over heads), then its speed for decode over 32K keys. No llama.cpp needed
 // (one line; libtq_native.a from cmake -S native):
 //   nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_fattn_test.cu libtq_native.a -o tq_cuda_fattn_test
-// Options: --quick (fewer, smaller cases; no timing), --no-perf, --perf-only, --bits B (time tqB only),
-// --rb R (force R rows per block in the timing), --reps N.
+// Options: --quick (fewer, smaller cases; no timing), --plans-only (the key splits' choice, no GPU), --no-perf, --perf-only, --type T (time only T: tq2,
+// tq3, tq4 or tq3t; --bits B is --type tqB), --rb R (force R rows per block in the timing), --reps N,
+// --seqs S --kv N (time S sequences of N keys each instead of one of 32768, as a server's batch reads them),
+// --splits N (force N key splits in the timing).
 // The timing: D 128, G 4, 8 KV heads, one token, 32768 keys, llama.cpp's cache layout, 100 calls
 // after 10 warm-up calls; once on the same buffers (their 19-36 MB stay in a 50-60 MB L2, as they do
 // in test-backend-ops perf) and once rotating over copies larger than 4x the L2 (device memory).
@@ -29,21 +31,24 @@
 struct codec {
     const char * name;
     int bits;
+    int tcq;      // trellis-coded (tq_fa_decode_args.k_tcq / v_tcq)
     size_t block_bytes;
     void (*q)(const float *, void *, int64_t);
     void (*dq)(const void *, float *, int64_t);
 };
 static const codec CODECS[] = {
-    { "tq2", 2, sizeof(block_tq2), tq_ggml_quantize_row_tq2, tq_ggml_dequantize_row_tq2 },
-    { "tq3", 3, sizeof(block_tq3), tq_ggml_quantize_row_tq3, tq_ggml_dequantize_row_tq3 },
-    { "tq4", 4, sizeof(block_tq4), tq_ggml_quantize_row_tq4, tq_ggml_dequantize_row_tq4 },
+    { "tq2",  2, 0, sizeof(block_tq2),  tq_ggml_quantize_row_tq2,  tq_ggml_dequantize_row_tq2 },
+    { "tq3",  3, 0, sizeof(block_tq3),  tq_ggml_quantize_row_tq3,  tq_ggml_dequantize_row_tq3 },
+    { "tq4",  4, 0, sizeof(block_tq4),  tq_ggml_quantize_row_tq4,  tq_ggml_dequantize_row_tq4 },
+    { "tq3t", 3, 1, sizeof(block_tq3t), tq_ggml_quantize_row_tq3t, tq_ggml_dequantize_row_tq3t },
 };
-static const codec & codec_of(int bits) { return CODECS[bits - 2]; }
+enum { TQ2, TQ3, TQ4, TQ3T, NCODECS };
+static const codec & codec_of(int id) { return CODECS[id]; }
 
 enum { MASK_NONE, MASK_ONE, MASK_PER_SEQ };
 
 struct tcase {
-    int kb, vb, D, G, ntok, nkv, nkvh, nseq;
+    int kb, vb, D, G, ntok, nkv, nkvh, nseq;   // kb, vb: codec ids (TQ2 ...)
     bool contig;  // rows of one head adjacent (else interleaved with the other heads', as llama.cpp's cache)
     int mask;
     int offset;   // bytes added to the K and V base addresses (2: rows and the tensor start 2 mod 4)
@@ -207,8 +212,10 @@ static void release(problem & P) {
 static tq_fa_decode_args args_of(const problem & P, const void * K, const void * V) {
     const tcase & c = P.tc;
     tq_fa_decode_args a = {};
-    a.k_bits = c.kb;
-    a.v_bits = c.vb;
+    a.k_bits = codec_of(c.kb).bits;
+    a.v_bits = codec_of(c.vb).bits;
+    a.k_tcq = codec_of(c.kb).tcq;
+    a.v_tcq = codec_of(c.vb).tcq;
     a.D = c.D;
     a.n_tokens = c.ntok;
     a.n_q_heads = P.nqh;
@@ -278,23 +285,25 @@ static bool run_case(const tcase & c) {
     return ok;
 }
 
-// decode over n_kv keys, D 128, 8 KV heads, G 4, one token, llama.cpp's interleaved cache layout
+// decode over n_kv keys in each of nseq sequences, D 128, 8 KV heads, G 4, one token per sequence,
+// llama.cpp's interleaved cache layout
 static int g_force_rb = 0;
+static int g_force_splits = 0;
 static int g_reps = 100;
 
-static void perf(int bits, int nkv, int nbuf) {
-    tcase c = { bits, bits, 128, 4, 1, nkv, 8, 1, false, MASK_ONE, 0, 0 };
+static void perf(int id, int nkv, int nseq, int nbuf) {
+    tcase c = { id, id, 128, 4, 1, nkv, 8, nseq, false, MASK_ONE, 0, 0 };
     problem P;
     // the codes need not be a real quantization for timing: random bytes with sane scales
     P.tc = c;
     P.nqh = c.G * c.nkvh;
-    const codec & cd = codec_of(bits);
+    const codec & cd = codec_of(id);
     P.rowk = P.rowv = (int) (c.D / TQ_BLOCK * cd.block_bytes);
     layout(P.rowk, c, P.nbk1, P.nbk2, P.nbk3);
     layout(P.rowv, c, P.nbv1, P.nbv2, P.nbv3);
-    P.kbytes = P.vbytes = (size_t) P.nbk3;
+    P.kbytes = P.vbytes = (size_t) P.nbk3 * nseq;
     P.scale = 1.0f / sqrtf((float) c.D);
-    P.q.resize((size_t) P.nqh * c.D);
+    P.q.resize((size_t) nseq * P.nqh * c.D);
     for (auto & x : P.q) x = grand();
     P.k.resize(P.kbytes);
     for (auto & b : P.k) b = (uint8_t) (urand() * 256);
@@ -310,7 +319,7 @@ static void perf(int bits, int nkv, int nbuf) {
     CK(cudaMemcpy(P.dq, P.q.data(), P.q.size() * sizeof(float), cudaMemcpyHostToDevice));
     CK(cudaMalloc(&P.dm, P.mask.size() * sizeof(__half)));
     CK(cudaMemcpy(P.dm, P.mask.data(), P.mask.size() * sizeof(__half), cudaMemcpyHostToDevice));
-    CK(cudaMalloc(&P.dout, (size_t) P.nqh * c.D * sizeof(float)));
+    CK(cudaMalloc(&P.dout, (size_t) nseq * P.nqh * c.D * sizeof(float)));
     // nbuf copies of K and V: with more than the L2 holds, every call reads device memory
     std::vector<uint8_t *> kb(nbuf), vb(nbuf);
     for (int n = 0; n < nbuf; ++n) {
@@ -320,7 +329,7 @@ static void perf(int bits, int nkv, int nbuf) {
         CK(cudaMemcpy(vb[n], P.v.data(), P.vbytes, cudaMemcpyHostToDevice));
     }
     const tq_fa_decode_args a0 = args_of(P, kb[0], vb[0]);
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a0, g_nsm, 0, g_force_rb);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a0, g_nsm, g_force_splits, g_force_rb);
     float * scratch = nullptr;
     if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
 
@@ -337,11 +346,12 @@ static void perf(int bits, int nkv, int nbuf) {
     CK(cudaEventElapsedTime(&ms, e0, e1));
     const double us = 1e3 * ms / reps;
     const double bytes = (double) (P.kbytes + P.vbytes);
-    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
-           cd.name, cd.name, nkv, nbuf > 1 ? "rotating buffers, from device memory" : "same buffers, L2-resident if they fit",
-           us, bytes / us * 1e-3, bytes * 1e-6, pl.RB, pl.n_chunks, pl.n_splits, pl.n_chunks * c.nkvh * pl.n_splits, pl.blocks_per_sm);
+    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d%s (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
+           cd.name, cd.name, nkv, nseq > 1 ? (" seqs=" + std::to_string(nseq)).c_str() : "",
+           nbuf > 1 ? "rotating buffers, from device memory" : "same buffers, L2-resident if they fit",
+           us, bytes / us * 1e-3, bytes * 1e-6, pl.RB, pl.n_chunks, pl.n_splits, pl.n_chunks * c.nkvh * pl.n_splits * nseq, pl.blocks_per_sm);
 
-    if (bits == 3 && nbuf > 1) {
+    if (id == TQ3 && nbuf > 1) {
         // the copy bandwidth for the same byte count, from rotating buffers too
         std::vector<uint8_t *> dstb(nbuf);
         for (int n = 0; n < nbuf; ++n) CK(cudaMalloc(&dstb[n], P.kbytes + P.vbytes));
@@ -374,18 +384,56 @@ static void perf(int bits, int nkv, int nbuf) {
     CK(cudaFree(P.dout));
 }
 
+// The key splits (host code, no GPU needed): whole waves where the old "about one wave" rule left a
+// second, nearly empty one. Shapes of an 8B model's layer (8 KV heads, one chunk, tiles of 128 keys)
+// on 132 SMs with 2 blocks each.
+static int check_plans() {
+    struct { const char * what; int ntiles; int64_t base; int tps; } want[] = {
+        { "1 x 32K",        256,   8,   8 },  // 32 splits: 256 blocks, one wave
+        { "1 x 4K",          32,   8,   1 },  // 32 splits of one tile
+        { "4 x 8K",          64,  32,   8 },  // 8 splits: 256 blocks
+        { "16 x 8K",         64, 128,  32 },  // 2 splits, not 3 (384 blocks, 1.45 waves)
+        { "4 x 32K",        256,  32,  32 },  // 8 splits, not 9 (288 blocks)
+        { "32 x 8K",         64, 256,  64 },  // one split: 256 blocks already fill the GPU
+        { "64 x 8K",         64, 512,  64 },  // two waves whatever the split: none
+        { "one tile",         1,   8,   1 },
+    };
+    int fails = 0;
+    for (const auto & w : want) {
+        const int tps = tq_fa_tiles_per_split(w.ntiles, w.base, 264);
+        const bool ok = tps == w.tps;
+        fails += ok ? 0 : 1;
+        printf("%s plan %-8s: %d tiles per split (%d splits), want %d\n", ok ? "PASS" : "FAIL", w.what, tps,
+               (w.ntiles + tps - 1) / tps, w.tps);
+    }
+    return fails;
+}
+
 int main(int argc, char ** argv) {
-    bool quick = false, do_perf = true, do_tests = true;
-    int only_bits = 0;
+    bool quick = false, do_perf = true, do_tests = true, plans_only = false;
+    const char * only = nullptr;
+    int perf_seqs = 1, perf_kv = 32768;
     for (int n = 1; n < argc; ++n) {
         if (!strcmp(argv[n], "--quick")) quick = true;
+        else if (!strcmp(argv[n], "--plans-only")) plans_only = true;
         else if (!strcmp(argv[n], "--no-perf")) do_perf = false;
         else if (!strcmp(argv[n], "--perf-only")) do_tests = false;
-        else if (!strcmp(argv[n], "--bits") && n + 1 < argc) only_bits = atoi(argv[++n]);
+        else if (!strcmp(argv[n], "--type") && n + 1 < argc) only = argv[++n];
+        else if (!strcmp(argv[n], "--bits") && n + 1 < argc) { const int b = atoi(argv[++n]); only = b == 2 ? "tq2" : b == 3 ? "tq3" : b == 4 ? "tq4" : "?"; }
         else if (!strcmp(argv[n], "--rb") && n + 1 < argc) g_force_rb = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--reps") && n + 1 < argc) g_reps = atoi(argv[++n]);
-        else { printf("usage: %s [--quick] [--no-perf] [--perf-only] [--bits 2|3|4] [--rb 1|2|4] [--reps N]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[n], "--seqs") && n + 1 < argc) perf_seqs = atoi(argv[++n]);
+        else if (!strcmp(argv[n], "--splits") && n + 1 < argc) g_force_splits = atoi(argv[++n]);
+        else if (!strcmp(argv[n], "--kv") && n + 1 < argc) perf_kv = atoi(argv[++n]);
+        else { printf("usage: %s [--quick] [--plans-only] [--no-perf] [--perf-only] [--type tq2|tq3|tq4|tq3t] [--bits 2|3|4] [--rb 1|2|4] [--reps N] [--seqs S] [--kv N] [--splits N]\n", argv[0]); return 2; }
     }
+    if (only) {
+        int known = 0;
+        for (int id = 0; id < NCODECS; ++id) known |= !strcmp(only, codec_of(id).name);
+        if (!known) { printf("unknown type '%s' (tq2, tq3, tq4, tq3t)\n", only); return 2; }
+    }
+    const int plan_fails = do_tests ? check_plans() : 0;
+    if (plans_only) return plan_fails ? 1 : 0;
     int dev = 0;
     CK(cudaGetDevice(&dev));
     cudaDeviceProp prop;
@@ -395,7 +443,8 @@ int main(int argc, char ** argv) {
 
     int failures = 0, ncases = 0;
     if (do_tests) {
-        const int pairs[5][2] = { { 2, 2 }, { 3, 3 }, { 4, 4 }, { 4, 3 }, { 4, 2 } };
+        // every pair the kernel takes (tq_fa_decode_supported)
+        const int pairs[7][2] = { { TQ2, TQ2 }, { TQ3, TQ3 }, { TQ4, TQ4 }, { TQ4, TQ3 }, { TQ4, TQ2 }, { TQ3T, TQ3T }, { TQ4, TQ3T } };
         std::vector<tcase> cases;
         for (const auto & pr : pairs) {
             const int kb = pr[0], vb = pr[1];
@@ -418,15 +467,20 @@ int main(int argc, char ** argv) {
             ++ncases;
             failures += run_case(c) ? 0 : 1;
         }
-        printf("%d cases, %d failures\n", ncases, failures);
+        failures += plan_fails;
+        printf("%d cases and %d plans, %d failures\n", ncases, 8, failures);
     }
     if (do_perf && !quick) {
-        const size_t kv3 = (size_t) 2 * 32768 * 8 * 2 * sizeof(block_tq3);
+        if (perf_seqs < 1 || perf_kv < 1 || (int64_t) perf_seqs * perf_kv > (1 << 22)) {
+            printf("--seqs %d --kv %d: want at least one of each and at most 4M keys in all\n", perf_seqs, perf_kv);
+            return 2;
+        }
+        const size_t kv3 = (size_t) 2 * perf_kv * perf_seqs * 8 * 2 * sizeof(block_tq3);
         const int nbuf = (int) std::max<size_t>(2, (4 * (size_t) prop.l2CacheSize) / kv3 + 1);
-        for (int bits = 2; bits <= 4; ++bits) {
-            if (only_bits && bits != only_bits) continue;
-            perf(bits, 32768, 1);
-            perf(bits, 32768, nbuf);
+        for (int id = 0; id < NCODECS; ++id) {
+            if (only && strcmp(only, codec_of(id).name)) continue;
+            perf(id, perf_kv, perf_seqs, 1);
+            perf(id, perf_kv, perf_seqs, nbuf);
         }
     }
     if (do_tests) printf("%d failures\n", failures);

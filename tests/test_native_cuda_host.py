@@ -1,0 +1,44 @@
+"""The CUDA decode kernel's header (native/cuda/tq-fattn-decode.cuh) compiled with nvcc where nvcc is
+installed, no GPU needed: every kernel instance must compile, and its host-side choice of key splits
+(tq_fa_tiles_per_split) must fill the GPU in whole waves. native/tests/tq_cuda_fattn_test.cu
+--plans-only runs that check on the host; the GPU machine runs the same binary's kernel tests."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NVCC = shutil.which("nvcc")
+
+pytestmark = pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, reason="needs nvcc and cmake")
+
+
+@pytest.fixture(scope="module")
+def fattn_test(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cuda-host")
+    subprocess.run(["cmake", "-S", str(ROOT / "native"), "-B", str(d / "native"), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DTQ_BUILD_TESTS=OFF"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(d / "native"), "--target", "tq_native", "-j", "2"], check=True,
+                   capture_output=True)
+    exe = d / "tq_cuda_fattn_test"
+    r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-O3", "-use_fast_math", f"-I{ROOT / 'native' / 'include'}",
+                        f"-I{ROOT / 'native' / 'cuda'}", str(ROOT / "native" / "tests" / "tq_cuda_fattn_test.cu"),
+                        str(d / "native" / "libtq_native.a"), "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return exe
+
+
+def test_key_splits_fill_whole_waves(fattn_test):
+    r = subprocess.run([str(fattn_test), "--plans-only"], capture_output=True, text=True, timeout=60)
+    lines = [line for line in r.stdout.splitlines() if " plan " in line]
+    assert r.returncode == 0 and len(lines) == 8 and all(line.startswith("PASS") for line in lines), r.stdout
+    # 16 sequences of 8K keys on 264 block slots: 2 splits (256 blocks), where 3 left a second wave
+    assert "PASS plan 16 x 8K : 32 tiles per split (2 splits), want 32" in lines
+
+
+def test_unknown_type_is_refused(fattn_test):
+    r = subprocess.run([str(fattn_test), "--type", "tq5"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown type 'tq5'" in r.stdout
