@@ -82,6 +82,7 @@ def main() -> None:
         H = kv_layer_study.hadamard(d)
         ang = np.arange(n)[:, None] * (base ** (-np.arange(0, d, 2) / d))[None, :]
         pre = rotate(K, ang, neox, -1.0)
+        share = 1.0 - float(np.mean(np.sum((pre[1:] - pre[1:].mean(0)) ** 2, -1)) / np.mean(np.sum(pre[1:] ** 2, -1)))
         row = [il]
         for w in wins:
             e, lg = {}, {}
@@ -100,14 +101,15 @@ def main() -> None:
                 energy[(w, mode)] += e[mode]
                 logit[(w, mode)] += lg[mode]
             row += [e["post"] / e["pre"], lg["pre"] / lg["post"]]
-        rows.append(row)
+        rows.append(row + [share])
     print(f"{a.model}, {a.type}, RoPE base {base:g} ({'NEOX' if neox else 'adjacent'} pairs), windows {a.window} and {a.n} "
           f"positions of Pride and Prejudice; the best single mean after RoPE (post) against one before it (pre)\n")
-    print(f"| layer | energy left, post / pre @{a.window} | @{a.n} | logit MSE, pre / post @{a.window} | @{a.n} |")
-    print("|---|---|---|---|---|")
-    for il, e1, l1, e2, l2 in rows:
-        print(f"| {il} | {e1:.2f} | {e2:.2f} | {l1:.2f} | {l2:.2f} |")
-    print(f"| all | {energy[(wins[0], 'post')] / energy[(wins[0], 'pre')]:.2f} | {energy[(wins[1], 'post')] / energy[(wins[1], 'pre')]:.2f} "
+    print(f"| layer | offset's share of the energy before RoPE @{a.n} | energy left, post / pre @{a.window} | @{a.n} "
+          f"| logit MSE, pre / post @{a.window} | @{a.n} |")
+    print("|---|---|---|---|---|---|")
+    for il, e1, l1, e2, l2, sh in rows:
+        print(f"| {il} | {sh:.2f} | {e1:.2f} | {e2:.2f} | {l1:.2f} | {l2:.2f} |")
+    print(f"| all | | {energy[(wins[0], 'post')] / energy[(wins[0], 'pre')]:.2f} | {energy[(wins[1], 'post')] / energy[(wins[1], 'pre')]:.2f} "
           f"| {logit[(wins[0], 'pre')] / logit[(wins[0], 'post')]:.3f} | {logit[(wins[1], 'pre')] / logit[(wins[1], 'post')]:.3f} |")
     print(f"\nFrom {a.window} to {a.n} positions the logit MSE grows {logit[(wins[1], 'post')] / logit[(wins[0], 'post')]:.3f}x "
           f"with the mean after RoPE and {logit[(wins[1], 'pre')] / logit[(wins[0], 'pre')]:.3f}x with the mean before it.")
