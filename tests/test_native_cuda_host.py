@@ -18,17 +18,15 @@ pytestmark = pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, r
 
 @pytest.fixture(scope="module")
 def fattn_test(tmp_path_factory) -> Path:
+    """native/CMakeLists.txt's own target (TQ_CUDA_TESTS), as the GPU machine builds it."""
     d = tmp_path_factory.mktemp("cuda-host")
-    subprocess.run(["cmake", "-S", str(ROOT / "native"), "-B", str(d / "native"), "-DCMAKE_BUILD_TYPE=Release",
-                    "-DTQ_BUILD_TESTS=OFF"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(d / "native"), "--target", "tq_native", "-j", "2"], check=True,
-                   capture_output=True)
-    exe = d / "tq_cuda_fattn_test"
-    r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-O3", "-use_fast_math", f"-I{ROOT / 'native' / 'include'}",
-                        f"-I{ROOT / 'native' / 'cuda'}", str(ROOT / "native" / "tests" / "tq_cuda_fattn_test.cu"),
-                        str(d / "native" / "libtq_native.a"), "-o", str(exe)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return exe
+    subprocess.run(["cmake", "-S", str(ROOT / "native"), "-B", str(d), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DTQ_BUILD_TESTS=ON", "-DTQ_CUDA_TESTS=ON", f"-DCMAKE_CUDA_COMPILER={NVCC}"],
+                   check=True, capture_output=True)
+    r = subprocess.run(["cmake", "--build", str(d), "--target", "tq_cuda_fattn_test", "-j", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return d / "tq_cuda_fattn_test"
 
 
 def test_key_splits_fill_whole_waves(fattn_test):

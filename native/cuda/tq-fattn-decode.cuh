@@ -868,7 +868,7 @@ static inline bool tq_fa_decode_supported(const tq_fa_decode_args & a) {
 // sequences) and slots blocks resident on the GPU at once: the split that finishes first, a block's
 // time being its tiles and the kernel's the waves of blocks times that (ties to fewer splits, which
 // the combine reads). Splitting to fill the GPU "about once" gave 16 sequences of 8K keys 3 splits,
-// 384 blocks where 264 fit, and a second wave as long as the first: 211.9 us against 157.7 us with
+// 384 blocks where 264 fit, and a second wave as long as the first: 211.3 us against 157.7 us with
 // the 2 splits chosen here (H200, tq3, D 128, 8 KV heads; native/tests/tq_cuda_fattn_test.cu).
 static inline int tq_fa_tiles_per_split(const int ntiles, const int64_t base, const int64_t slots) {
     int64_t best = INT64_MAX;
