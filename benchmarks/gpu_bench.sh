@@ -40,7 +40,8 @@
 # TQ_TARGETS, TQ_PERF_FILTER, TQ_PROFILE_TYPES (the profile's caches, default "f16 tq3 tq3@unfused"),
 # JOBS (default: all cores). A bench type "tq4/tq3t" sets K and V apart;
 # one written "tq3@vec" runs with
-# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0.
+# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@rb4" with TQ_CUDA_FA_RB=4 (the
+# decode kernel's 4 query rows per block at every depth).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -184,12 +185,12 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=1
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=1; rb=0
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@rb4) rb=4 ;; esac
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused)" >> "$out/bench.log"
-        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done

@@ -1,7 +1,8 @@
 """The CUDA decode kernel's header (native/cuda/tq-fattn-decode.cuh) compiled with nvcc where nvcc is
-installed, no GPU needed: every kernel instance must compile, and its host-side choice of key splits
-(tq_fa_tiles_per_split) must fill the GPU in whole waves. native/tests/tq_cuda_fattn_test.cu
---plans-only runs that check on the host; the GPU machine runs the same binary's kernel tests."""
+installed, no GPU needed: every kernel instance must compile, its host-side choice of key splits
+(tq_fa_tiles_per_split) must fill the GPU in whole waves, and short caches must get fewer query rows
+per block (tq_fa_rows_per_block). native/tests/tq_cuda_fattn_test.cu --plans-only runs those checks on
+the host; the GPU machine runs the same binary's kernel tests."""
 from __future__ import annotations
 
 import shutil
@@ -32,9 +33,16 @@ def fattn_test(tmp_path_factory) -> Path:
 def test_key_splits_fill_whole_waves(fattn_test):
     r = subprocess.run([str(fattn_test), "--plans-only"], capture_output=True, text=True, timeout=60)
     lines = [line for line in r.stdout.splitlines() if " plan " in line]
-    assert r.returncode == 0 and len(lines) == 8 and all(line.startswith("PASS") for line in lines), r.stdout
+    assert r.returncode == 0 and len(lines) == 16 and all(line.startswith("PASS") for line in lines), r.stdout
     # 16 sequences of 8K keys on 264 block slots: 2 splits (256 blocks), where 3 left a second wave
     assert "PASS plan 16 x 8K : 32 tiles per split (2 splits), want 32" in lines
+
+
+def test_short_caches_take_one_row_per_block(fattn_test):
+    r = subprocess.run([str(fattn_test), "--plans-only"], capture_output=True, text=True, timeout=60)
+    # a decode step at depth 0 (256 keys, G 4, 8 KV heads): 64 blocks of one row, not 16 of four
+    assert "PASS plan 1 x 256   : 1 rows per block, want 1" in r.stdout.splitlines(), r.stdout
+    assert "PASS plan 1 x 4K    : 4 rows per block, want 4" in r.stdout.splitlines(), r.stdout
 
 
 def test_unknown_type_is_refused(fattn_test):

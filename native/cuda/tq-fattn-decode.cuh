@@ -8,7 +8,8 @@
 // Work split. Grid (row chunks x KV heads, key splits, sequences). The "rows" of a KV head are its
 // G * n_tokens (query head, token) pairs, RB (1, 2 or 4) per block; more rows take more chunks,
 // which re-read the same codes (adjacent in the grid, so mostly from L2) rather than holding more
-// than 4 rows of query and accumulator in registers. Key splits fill the GPU in whole waves at the
+// than 4 rows of query and accumulator in registers. A short cache, whose blocks would leave most
+// of the GPU idle, takes fewer rows per block in more blocks (tq_fa_rows_per_block). Key splits fill the GPU in whole waves at the
 // kernel's occupancy (tq_fa_tiles_per_split); each split writes its running max, sum and
 // unnormalized output, and a small second kernel combines them (a single split writes the output
 // directly).
@@ -888,14 +889,42 @@ static inline int tq_fa_tiles_per_split(const int ntiles, const int64_t base, co
     return tps_best;
 }
 
-// Rows per block, chunks, and key splits (tq_fa_tiles_per_split).
+// Rows per block for n_rows rows, base blocks per row chunk (KV heads x sequences) and ntiles tiles
+// of keys, with slots(RB) blocks resident on the GPU at once: 4 rows share each decoded value
+// four ways, but a block's instructions run one after another, so where even one block per tile
+// leaves the GPU mostly empty (a short cache: a step at depth 0 reads 256 keys, 2 tiles) fewer rows
+// per block, in more blocks, finish sooner: 10.4 us against 13.5 us for 256 keys with RB 1 and 4,
+// while at 4K keys RB 4 is the faster again (18.0 against 21.3 us; H200, tq3, D 128, G 4, 8 KV heads).
+// The smallest RB whose blocks, one tile each, fit in one wave.
+template <typename F>
+static inline int tq_fa_rows_per_block(const int n_rows, const int64_t base, const int ntiles, F slots) {
+    const int rb_max = n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : 4;
+    for (int rb = 1; rb < rb_max; rb *= 2) {
+        if ((int64_t) ((n_rows + rb - 1) / rb) * base * ntiles <= slots(rb)) {
+            return rb;
+        }
+    }
+    return rb_max;
+}
+
+// Rows per block (tq_fa_rows_per_block), chunks, and key splits (tq_fa_tiles_per_split).
 // force_splits, force_rb: 0 = choose (the test harness sets them to reach every path)
 static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args & a, const int nsm, const int force_splits,
                                                        const int force_rb = 0) {
     tq_fa_decode_plan pl = {};
     const int G = a.n_q_heads / a.n_kv_heads;
     const int n_rows = G * a.n_tokens;
-    pl.RB = n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : 4;
+    const int64_t nsm1 = nsm > 0 ? nsm : 1;
+    {
+        // tiles of keys are as long for every RB (TK depends on D only)
+        const tq_fa_kernel_info k4 = tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, 4);
+        if (!k4.kernel) {
+            return pl;
+        }
+        pl.RB = tq_fa_rows_per_block(n_rows, (int64_t) a.n_kv_heads * a.n_seq, (a.n_kv + k4.TK - 1) / k4.TK, [&](const int rb) {
+            return nsm1 * tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, rb).blocks_per_sm;
+        });
+    }
     if (force_rb == 1 || force_rb == 2 || force_rb == 4) {
         pl.RB = force_rb;
     }
@@ -911,7 +940,7 @@ static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args &
     const int ntiles = (a.n_kv + pl.TK - 1) / pl.TK;
     const int64_t base = (int64_t) pl.n_chunks * a.n_kv_heads * a.n_seq;
     pl.tiles_per_split = force_splits > 0 ? (ntiles + force_splits - 1) / force_splits
-                                          : tq_fa_tiles_per_split(ntiles, base, (int64_t) (nsm > 0 ? nsm : 1) * ki.blocks_per_sm);
+                                          : tq_fa_tiles_per_split(ntiles, base, nsm1 * ki.blocks_per_sm);
     pl.n_splits = (ntiles + pl.tiles_per_split - 1) / pl.tiles_per_split;
     const size_t rows_total = (size_t) a.n_seq * a.n_tokens * a.n_q_heads;
     pl.scratch_floats = pl.n_splits > 1 ? rows_total * pl.n_splits * (a.D + 2) : 0;
@@ -985,11 +1014,16 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 }
 
 // FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
-// else, which then takes the generic kernels. TQ_CUDA_FA_DECODE=0 switches it off (A/B timing).
+// else, which then takes the generic kernels. For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
+// TQ_CUDA_FA_RB=1|2|4 fixes its rows per block.
 static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
         return e == nullptr || atoi(e) != 0;
+    }();
+    static const int force_rb = []() {
+        const char * e = getenv("TQ_CUDA_FA_RB");
+        return e ? atoi(e) : 0;
     }();
     if (!enabled || dst->op != GGML_OP_FLASH_ATTN_EXT) {
         return false;
@@ -1054,7 +1088,7 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
         return false;
     }
 
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0, force_rb);
     if (!pl.kernel) {
         return false;
     }

@@ -4,7 +4,7 @@
 // f16 mask broadcast over heads), then its speed for decode over 32K keys. No llama.cpp needed
 // (one line; libtq_native.a from cmake -S native):
 //   nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_fattn_test.cu libtq_native.a -o tq_cuda_fattn_test
-// Options: --quick (fewer, smaller cases; no timing), --plans-only (the key splits' choice, no GPU), --no-perf, --perf-only, --type T (time only T: tq2,
+// Options: --quick (fewer, smaller cases; no timing), --plans-only (the key splits' and rows per block's choice, no GPU), --no-perf, --perf-only, --type T (time only T: tq2,
 // tq3, tq4 or tq3t; --bits B is --type tqB), --rb R (force R rows per block in the timing), --reps N,
 // --seqs S --kv N (time S sequences of N keys each instead of one of 32768, as a server's batch reads them),
 // --splits N (force N key splits in the timing).
@@ -242,7 +242,17 @@ static tq_fa_decode_args args_of(const problem & P, const void * K, const void *
 
 static int g_nsm = 0;
 
+// the case at the plan's own rows per block and, where that is fewer, at the most rows too, so that
+// every RB reads short caches
+static bool run_case_rb(const tcase & c, int force_rb);
 static bool run_case(const tcase & c) {
+    const int n_rows = c.G * c.ntok;
+    const int rb_max = n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : 4;
+    const bool own = run_case_rb(c, 0);
+    return run_case_rb(c, rb_max) && own;
+}
+
+static bool run_case_rb(const tcase & c, const int force_rb) {
     problem P;
     make(P, c);
     upload(P);
@@ -256,7 +266,11 @@ static bool run_case(const tcase & c) {
         release(P);
         return false;
     }
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, g_nsm, c.splits);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, g_nsm, c.splits, force_rb);
+    if (force_rb && pl.RB == tq_fa_decode_make_plan(a, g_nsm, c.splits).RB) {
+        release(P);
+        return true; // the plan's own RB: run once
+    }
     float * scratch = nullptr;
     if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
     const size_t nout = (size_t) c.nseq * c.ntok * P.nqh * c.D;
@@ -406,6 +420,24 @@ static int check_plans(int & n) {
         fails += ok ? 0 : 1;
         printf("%s plan %-8s: %d tiles per split (%d splits), want %d\n", ok ? "PASS" : "FAIL", w.what, tps,
                (w.ntiles + tps - 1) / tps, w.tps);
+    }
+    // rows per block: one token, G 4 (4 rows) unless said, 8 KV heads per sequence, tiles of 128 keys
+    struct { const char * what; int n_rows; int64_t base; int ntiles; int rb; } want_rb[] = {
+        { "1 x 256",      4,   8,   2, 1 },  // depth 0: 64 blocks, not 16
+        { "1 x 1K",       4,   8,   8, 1 },  // 256 blocks of one tile
+        { "1 x 4K",       4,   8,  32, 4 },  // RB 1 would need 4 waves of one-tile blocks
+        { "4 x 512",      4,  32,   4, 2 },
+        { "16 x 256",     4, 128,   2, 4 },
+        { "1 x 256 G2",   2,   8,   2, 1 },
+        { "8 tok x 4K",  32,   2,  32, 4 },
+        { "1 row",        1,   8, 256, 1 },
+    };
+    for (const auto & w : want_rb) {
+        const int rb = tq_fa_rows_per_block(w.n_rows, w.base, w.ntiles, [](int) { return (int64_t) 264; });
+        const bool ok = rb == w.rb;
+        fails += ok ? 0 : 1;
+        ++n;
+        printf("%s plan %-10s: %d rows per block, want %d\n", ok ? "PASS" : "FAIL", w.what, rb, w.rb);
     }
     return fails;
 }
