@@ -9,10 +9,10 @@
 // G * n_tokens (query head, token) pairs, RB (1, 2 or 4) per block; more rows take more chunks,
 // which re-read the same codes (adjacent in the grid, so mostly from L2) rather than holding more
 // than 4 rows of query and accumulator in registers. A short cache, whose blocks would leave most
-// of the GPU idle, takes fewer rows per block in more blocks (tq_fa_rows_per_block). Key splits fill the GPU in whole waves at the
-// kernel's occupancy (tq_fa_tiles_per_split); each split writes its running max, sum and
-// unnormalized output, and a small second kernel combines them (a single split writes the output
-// directly).
+// of the GPU idle, takes fewer rows per block in more blocks (tq_fa_rows_per_block). Key splits
+// fill the GPU in whole waves at the kernel's occupancy (tq_fa_tiles_per_split); each split writes
+// its running max, sum and unnormalized output, and a small second kernel combines them (a single
+// split writes the output directly).
 //
 // Inside a block (128 threads), per tile of 16384/D keys:
 //  * K phase: a thread takes one 64-value block of two keys (D/64 threads per key, their partial
