@@ -13,10 +13,12 @@ K-only tq cache would give back:
 
 mu, m0 and the factors s = (E[q^2] / var k)^(1/4) (docs/method.md) come from the chunk itself, for
 both variants alike; position 0 (BOS) is kept exact, as the cache's first-token code word keeps
-it. Values are untouched (f16). KLD as llama-perplexity reports it: the mean over the second half
-of each chunk of n_ctx tokens (BOS first) of Pride and Prejudice.
+it. Values stay f16, or with --type-v go to a real tq V cache (then a third run, "V only", leaves
+the keys untouched), so that a whole K/V setting is projected. KLD as llama-perplexity reports it:
+the mean over the second half of each chunk of n_ctx tokens (BOS first) of Pride and Prejudice,
+against an f16/f16 run.
 
-    python benchmarks/rope_centring_kld.py [--model smollm2] [--ctx 4096] [--chunks 2] [--type tq3t]
+    python benchmarks/rope_centring_kld.py [--model smollm2] [--ctx 4096] [--chunks 2] [--type tq3t] [--type-v f16]
 
 Models with one RoPE base and llama's adjacent pairs or NEOX halves (rope_offset_study.rope_of).
 """
@@ -38,6 +40,7 @@ import rope_offset_study  # noqa: E402  (rope_of, rotate)
 from tq_llamacpp import native  # noqa: E402
 from tq_llamacpp._libs import import_llama_cpp, lib_dir  # noqa: E402
 from tq_llamacpp.data import model_path, text_path  # noqa: E402
+from tq_llamacpp.llama import cache_type  # noqa: E402
 
 
 def code_keys(K: np.ndarray, Q: np.ndarray, mode: str, ang: np.ndarray, neox: bool, type: str) -> np.ndarray:
@@ -61,13 +64,13 @@ def code_keys(K: np.ndarray, Q: np.ndarray, mode: str, ang: np.ndarray, neox: bo
     return out
 
 
-def run(model: str, ctx: int, chunks: int, mode: str, type: str, base: float, neox: bool) -> np.ndarray:
+def run(model: str, ctx: int, chunks: int, mode: str, type: str, base: float, neox: bool, type_v: str = "f16") -> np.ndarray:
     """Log-probabilities [chunks, ctx/2 - 1, vocab] of the second half of each chunk, keys per mode."""
     L = import_llama_cpp()
     ggml = ctypes.CDLL(str(lib_dir() / "libggml-base.so"))
     ggml.ggml_get_name.restype, ggml.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
     ggml.ggml_op_name.restype, ggml.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
-    d_ang: dict[int, np.ndarray] = {}
+    d_ang: dict[tuple[int, int], np.ndarray] = {}
     qs: dict[str, np.ndarray] = {}
     bad: list[str] = []
 
@@ -95,9 +98,9 @@ def run(model: str, ctx: int, chunks: int, mode: str, type: str, base: float, ne
                 bad.append(f"{name} before its Qcur")
                 return True
             d = ne[0]
-            if d not in d_ang:
-                d_ang[d] = np.arange(ne[2])[:, None] * (base ** (-np.arange(0, d, 2) / d))[None, :]
-            a[...] = code_keys(a.astype(np.float64), qs[il], mode, d_ang[d], neox, type).astype(np.float32)
+            if (ne[2], d) not in d_ang:  # a tq V cache's calibration runs shorter ubatches through here too
+                d_ang[(ne[2], d)] = np.arange(ne[2])[:, None] * (base ** (-np.arange(0, d, 2) / d))[None, :]
+            a[...] = code_keys(a.astype(np.float64), qs[il], mode, d_ang[(ne[2], d)], neox, type).astype(np.float32)
         return True
 
     L.llama_backend_init()
@@ -105,7 +108,12 @@ def run(model: str, ctx: int, chunks: int, mode: str, type: str, base: float, ne
     cp = L.llama_context_default_params()
     cp.n_ctx = cp.n_batch = cp.n_ubatch = ctx      # one ubatch: every key of a chunk in one callback
     cp.cb_eval = cb
+    if type_v != "f16":
+        cp.type_v = cache_type(type_v).ggml_id
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
     lctx = L.llama_init_from_model(m, cp)
+    if not lctx:
+        raise SystemExit(f"rope_centring_kld: no context with a {type_v} V cache")
     vocab = L.llama_model_get_vocab(m)
     nv = L.llama_vocab_n_tokens(vocab)
     text = text_path().read_text(encoding="utf-8").encode()
@@ -145,21 +153,25 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--chunks", type=int, default=2)
     ap.add_argument("--type", default="tq3t")
+    ap.add_argument("--type-v", default="f16", help="the V cache (a real one; f16 = untouched)")
     a = ap.parse_args()
     base, neox = rope_offset_study.rope_of(a.model)
     t0 = time.time()
     ref = run(a.model, a.ctx, a.chunks, "f16", a.type, base, neox)
     p = np.exp(ref)
     res = {}
-    for mode in ("post", "pre"):
-        lp = run(a.model, a.ctx, a.chunks, mode, a.type, base, neox)
+    modes = ("post", "pre") + (("f16",) if a.type_v != "f16" else ())
+    for mode in modes:
+        lp = run(a.model, a.ctx, a.chunks, mode, a.type, base, neox, a.type_v)
         kl = np.sum(p * (ref - lp), -1)
         res[mode] = (float(kl.mean()), float(kl.std(ddof=1) / np.sqrt(kl.size)))
-    print(f"{a.model}, K {a.type} simulated (V f16), ctx {a.ctx}, {a.chunks} chunks of Pride and Prejudice, "
+    print(f"{a.model}, K {a.type} simulated, V {a.type_v}, ctx {a.ctx}, {a.chunks} chunks of Pride and Prejudice, "
           f"KLD against f16 over the second half of each chunk ({time.time() - t0:.0f} s)\n")
     print("| keys centred | mean KLD | ± (s.e.) |\n|---|---|---|")
-    for mode, label in (("post", "after RoPE: one mean (the cache today)"), ("pre", "before RoPE: R(pos) m0")):
-        print(f"| {label} | {res[mode][0]:.4f} | {res[mode][1]:.4f} |")
+    for mode, label in (("post", "after RoPE: one mean (the cache today)"), ("pre", "before RoPE: R(pos) m0"),
+                        ("f16", f"keys untouched (V {a.type_v} only)")):
+        if mode in res:
+            print(f"| {label} | {res[mode][0]:.4f} | {res[mode][1]:.4f} |")
     print(f"\npre / post: {res['pre'][0] / res['post'][0]:.3f}")
 
 
