@@ -56,7 +56,9 @@ def code_keys(K: np.ndarray, Q: np.ndarray, mode: str, ang: np.ndarray, neox: bo
     kc = K - off
     q2 = np.mean(Q[1:].reshape(n - 1, nh, g, d) ** 2, axis=(0, 2))              # [heads, d]
     s = (q2 / np.maximum(np.var(kc[1:], 0), 1e-12)) ** 0.25
-    s = np.maximum(s, 0.01 * s.mean(-1, keepdims=True))                           # the cache's floor
+    # a floor at 1 % of the head's mean factor, the same for both variants (the cache instead adds 1 %
+    # of the layer's average to E[q^2] and to var k, tq-kv-center.cpp; only the ratio is read here)
+    s = np.maximum(s, 0.01 * s.mean(-1, keepdims=True))
     y = np.ascontiguousarray(((kc * s) @ H.T).reshape(-1, d), np.float32)
     yq = native.dequantize(native.quantize(y, type), type).reshape(kc.shape)
     out = (yq @ H) / s + off

@@ -896,9 +896,13 @@ static inline int tq_fa_tiles_per_split(const int ntiles, const int64_t base, co
 // per block, in more blocks, finish sooner: 10.4 us against 13.5 us for 256 keys with RB 1 and 4,
 // while at 4K keys RB 4 is the faster again (18.0 against 21.3 us; H200, tq3, D 128, G 4, 8 KV heads).
 // The smallest RB whose blocks, one tile each, fit in one wave.
+static inline int tq_fa_rows_max(const int n_rows) {
+    return n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : 4; // the most rows a block takes for n_rows
+}
+
 template <typename F>
 static inline int tq_fa_rows_per_block(const int n_rows, const int64_t base, const int ntiles, F slots) {
-    const int rb_max = n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : 4;
+    const int rb_max = tq_fa_rows_max(n_rows);
     for (int rb = 1; rb < rb_max; rb *= 2) {
         if ((int64_t) ((n_rows + rb - 1) / rb) * base * ntiles <= slots(rb)) {
             return rb;

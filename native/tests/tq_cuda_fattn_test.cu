@@ -246,10 +246,8 @@ static int g_nsm = 0;
 // every RB reads short caches
 static bool run_case_rb(const tcase & c, int force_rb);
 static bool run_case(const tcase & c) {
-    const int n_rows = c.G * c.ntok;
-    const int rb_max = n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : 4;
     const bool own = run_case_rb(c, 0);
-    return run_case_rb(c, rb_max) && own;
+    return run_case_rb(c, tq_fa_rows_max(c.G * c.ntok)) && own;
 }
 
 static bool run_case_rb(const tcase & c, const int force_rb) {
