@@ -1,6 +1,7 @@
 """CPU decode speed of KV-cache types, interleaved: llama-bench -p 0 -n 64 at each depth, one type after
 another, ROUNDS times, so that the VM's drift falls on every type alike. Prints and writes a table of
-the median tokens/s per type and depth and its ratio to f16.
+the median tokens/s per type and depth and its ratio to f16. A type may carry KV-cache options for
+its row, `tq3t:rope=post` (each `:key=value` goes to llama-bench as LLAMA_KV_<KEY>=value).
     python benchmarks/bench_decode.py [--model GGUF] [--types f16,tq4,tq3] [--depths 0,4096] [--rounds 3]
 """
 from __future__ import annotations
@@ -30,9 +31,11 @@ def main() -> None:
     runs: dict[tuple[str, int], list[float]] = {}
     for _ in range(a.rounds):
         for t in types:
+            name, *opts = t.split(":")
+            env = dict(os.environ, **{"LLAMA_KV_" + k.upper(): v for k, v in (o.split("=", 1) for o in opts)})
             cmd = [tool("llama-bench"), "-m", model, "-fa", "1", "-t", str(a.threads), "-p", "0", "-n", "64",
-                   "-d", a.depths, "-ctk", t, "-ctv", t, "-r", "1", "-o", "json"]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/").stdout
+                   "-d", a.depths, "-ctk", name, "-ctv", name, "-r", "1", "-o", "json"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/", env=env).stdout
             for row in json.loads(out):
                 runs.setdefault((t, int(row["n_depth"])), []).append(float(row["avg_ts"]))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")

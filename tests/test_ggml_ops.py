@@ -25,3 +25,11 @@ def test_backend_ops(op):
     pattern, at_least = CASES[op]
     r = backend_ops_test("CPU", op, pattern)
     assert r.passed == r.total >= at_least and not r.not_supported, r.output[-3000:]
+
+
+def test_key_bias_cases():
+    """Flash attention with a score term per key (keys centred before RoPE,
+    ggml_flash_attn_ext_add_key_bias): the CPU's tiled prompt path, its split-KV decode and the
+    codec's loop against the reference mode's one-chunk loop, every tq type, streams and GQA."""
+    r = backend_ops_test("CPU", "FLASH_ATTN_EXT", "key_bias=1")
+    assert r.passed == r.total >= 28 and not r.not_supported, r.output[-3000:]

@@ -290,6 +290,35 @@ def test_centring_errors(tq, smollm2):
     other.close()
 
 
+def test_keys_centred_before_rope(tq, smollm2):
+    """rope=auto (the default) centres a CPU tq cache's keys before RoPE: k - R(p) mu0 is stored and
+    attention adds q.R(p) mu0 back per key. It must track f16 at least as well as centring after
+    RoPE, carry the extra statistics in its state (a state of the other kind does not load), and
+    keep both choices apart in the option's errors."""
+    f16 = _last_logits(tq, smollm2, "f16")
+    r = {m: np.corrcoef(f16, _last_logits(tq, smollm2, "tq3t", kv_options={"rope": m}))[0, 1]
+         for m in ("post", "pre", "auto")}
+    assert r["auto"] == r["pre"] and r["pre"] > r["post"] > 0.99, r
+    sizes = {}
+    for m in ("pre", "post"):
+        llm = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_options={"rope": m})
+        llm.eval(llm.tokenize(b"It is a truth universally acknowledged"))
+        sizes[m] = (llama_cpp_state_size(llm), llm.save_state())
+        llm.close()
+    # one more [head size x KV heads] of floats per layer: 64 * 3 * 30 * 4 bytes
+    assert sizes["pre"][0] - sizes["post"][0] == 64 * 3 * 30 * 4
+    other = tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_options={"rope": "post"})
+    with pytest.raises(LlamaError, match="KV mean-centring differs: .*before RoPE 1, this cache 1 0 1 0"):
+        other.load_state(sizes["pre"][1])
+    other.close()
+    with pytest.raises(ValueError, match="rope must be auto, pre or post .*, not 'middle'"):
+        tq.Llama(smollm2, type_k="tq3", kv_options={"rope": "middle"})
+    # asked for where flash attention cannot add the offset back: an error, not a quiet fallback
+    with pytest.raises(LlamaError, match="rope=pre: the K cache is not a tq type"):
+        tq.Llama(smollm2, type_k="q8_0", type_v="q8_0", n_ctx=128, verbose=False, flash_attn=True,
+                 kv_center="k", kv_options={"rope": "pre"})
+
+
 def test_per_layer_types(tq, smollm2):
     """The KV option `layers` gives single layers another tq type: a tq3 cache whose 30 layers all
     hold K in tq4 is a tq4/tq3 cache, logit for logit; a mix runs and differs from both."""

@@ -14,11 +14,14 @@ F = np.float32
 ISAS = native.isa_available()
 
 
-def _reference(q, kd, vd, mask, slope, scale, softcap):
-    """M, S, acc of ggml's loop in float64 over decoded rows; mask rows in float (-inf skips)."""
+def _reference(q, kd, vd, mask, slope, scale, softcap, bias=None):
+    """M, S, acc of ggml's loop in float64 over decoded rows; mask rows in float (-inf skips);
+    bias: the per-key score term (qb, kb) of keys centred before RoPE"""
     s = (q.astype(np.float64) @ kd.T.astype(np.float64)) * scale
     if softcap:
         s = softcap * np.tanh(s)
+    if bias is not None:
+        s = s + bias[0].astype(np.float64) @ bias[1].T.astype(np.float64)
     s = s + slope[:, None] * mask
     M = s.max(axis=1)
     w = np.where(np.isneginf(s), 0.0, np.exp(s - np.where(np.isneginf(M), 0, M)[:, None]))
@@ -28,8 +31,8 @@ def _reference(q, kd, vd, mask, slope, scale, softcap):
 class Call:
     """One tq_ggml_attn_f32 call over n_kv keys whose K and V rows lie `stride` rows apart."""
 
-    def __init__(self, q, kc, vc, k_type, v_type, mask=None, slope=None, scale=0.125, softcap=0.0):
-        self.q, self.kc, self.vc, self.mask = q, kc, vc, mask
+    def __init__(self, q, kc, vc, k_type, v_type, mask=None, slope=None, scale=0.125, softcap=0.0, bias=None):
+        self.q, self.kc, self.vc, self.mask, self.bias = q, kc, vc, mask, bias
         nr, dk = q.shape
         dv = vc.shape[1] // native.block_bytes(v_type) * native.BLOCK
         self.M = np.full(nr, -np.inf, F)
@@ -49,6 +52,11 @@ class Call:
         a.M = ffi.cast("float *", self.M.ctypes.data)
         a.S = ffi.cast("float *", self.S.ctypes.data)
         a.acc = ffi.cast("float *", self.acc.ctypes.data)
+        if bias is not None:
+            qb, kb = bias
+            for r in range(nr):
+                a.qb[r] = ffi.cast("const float *", qb[r].ctypes.data)
+            a.kb, a.kb_stride, a.nb = ffi.cast("const float *", kb.ctypes.data), kb.strides[0], kb.shape[1]
         self.args = a
 
     def run(self, isa):
@@ -77,7 +85,7 @@ def _check(call, k_type, v_type, isa, slope=None, scale=0.125, softcap=0.0):
     mask = call.mask.astype(np.float64) if call.mask is not None else np.zeros((nr, call.kc.shape[0]))
     slope = np.ones(nr) if slope is None else np.asarray(slope, np.float64)
     rM, rS, racc = _reference(call.q, _decoded(call.kc, k_type), _decoded(call.vc, v_type), mask, slope, scale,
-                              softcap)
+                              softcap, call.bias)
     np.testing.assert_allclose(M, rM, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(S, rS, rtol=1e-4)
     np.testing.assert_allclose(acc / S[:, None], racc / rS[:, None], rtol=1e-4, atol=1e-5)
@@ -102,6 +110,38 @@ def test_softcap_slope_and_no_mask(isa):
     _check(Call(q, kc, vc, "tq3", "tq4", mask, slope, scale=0.3, softcap=10.0), "tq3", "tq4", isa, slope, 0.3,
            10.0)
     _check(Call(q, kc, vc, "tq3", "tq4", None, scale=0.3), "tq3", "tq4", isa, scale=0.3)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("nr,d,nb,n_kv,stride", [(1, 64, 64, 40, 64), (5, 128, 128, 33, 160), (16, 64, 32, 17, 32)])
+def test_key_bias_matches_numpy(isa, nr, d, nb, n_kv, stride):
+    """The per-key score term <qb[r], kb[j]> (keys centred before RoPE) lands after the scale and
+    before the mask; kb's rows lie `stride` floats apart."""
+    rng = np.random.default_rng(nr * 100 + d + nb)
+    q, kc, vc, mask = _case(rng, "tq3t", "tq3", nr, d, n_kv)
+    mask[:, 0] = 0
+    qb = rng.standard_normal((nr, nb)).astype(F)
+    kb = np.zeros((n_kv, stride), F)[:, :nb]
+    kb[:] = 2 * rng.standard_normal((n_kv, nb))
+    call = Call(q, kc, vc, "tq3t", "tq3", mask, bias=(qb, kb))
+    _check(call, "tq3t", "tq3", isa)
+    plain = Call(q, kc, vc, "tq3t", "tq3", mask).run(isa)
+    assert np.abs(call.M - plain[0]).max() > 0.5  # the term is there, not ignored
+
+
+@pytest.mark.parametrize("nb,null_qb,status", [(48, False, "TQ_ERR_LENGTH"), (0, False, "TQ_ERR_LENGTH"),
+                                               (1024, False, "TQ_ERR_LENGTH"), (64, True, "TQ_ERR_NULL")])
+def test_bad_key_bias_touches_nothing(nb, null_qb, status):
+    rng = np.random.default_rng(2)
+    q, kc, vc, mask = _case(rng, "tq3", "tq3", 2, 64, 4)
+    qb = np.ones((2, 1024), F)
+    kb = np.ones((4, 1024), F)
+    call = Call(q, kc, vc, "tq3", "tq3", mask, bias=(qb, kb))
+    call.args.nb = nb
+    if null_qb:
+        call.args.qb[1] = ffi.NULL
+    assert lib.tq_ggml_attn_f32(call.args) == getattr(lib, status)
+    assert (call.M == -np.inf).all() and not call.S.any() and not call.acc.any()
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -33,8 +33,9 @@ from tq_llamacpp.errors import LlamaError
 model, type_k, type_v, rpc, mode, path = sys.argv[1:7]
 relay = tq_llamacpp.rpc.CountingRelay(rpc) if mode == "traffic" else None
 kw = dict(rpc_servers=relay.endpoint if relay else rpc) if rpc else {}
+# keys centred after RoPE here too: a cache on a server is (docs/rpc.md), and a state records which
 llm = tq_llamacpp.Llama(model, type_k=type_k, type_v=type_v, n_ctx=1024, n_batch=512, logits_all=True, seed=7,
-                        verbose=False, **kw)
+                        verbose=False, kv_options={"rope": "post"}, **kw)
 toks = llm.tokenize(sys.stdin.readline().strip().encode())
 if mode == "save":  # the state after the text, then the logits of two more tokens
     llm.eval(toks)
@@ -133,7 +134,8 @@ def test_logits_over_rpc_match_local(smollm2, server, types):
     here, and logits as the same cache gives locally, within the GPU-vs-CPU test's bound (a code can
     differ where float rounding moves a value across a decision boundary)."""
     ref16, _ = llama_logits(smollm2, "f16", "f16")
-    local, _ = llama_logits(smollm2, *types)
+    # keys centred after RoPE on both sides: a cache on a server is (rope=auto; docs/rpc.md)
+    local, _ = llama_logits(smollm2, *types, kv_options={"rope": "post"})
     remote, log = llama_logits(smollm2, *types, rpc_servers=server.endpoint)
     assert re.search(r"RPC0\[127\.0\.0\.1:\d+\] KV buffer size", log), log[-2000:]
     assert "CPU KV buffer size" not in log, log[-2000:]

@@ -163,7 +163,7 @@ class Llama(llama_cpp.Llama):
     kv_center: which halves of the cache are stored mean-centred (docs/method.md, Centring):
     "auto" (the default: K of a tq cache), True / "k" (K of any quantized cache), "kv" (K and V),
     False / "off". kv_options: the other KV-cache options, "key=value,..." or a dict
-    (native/llama/tq-llama.h: equalize, sink, stats, calib_dir), e.g. {"stats": "first"}. The
+    (native/llama/tq-llama.h: equalize, sink, rope, stats, calib_dir), e.g. {"stats": "first"}. The
     centring statistics are the model's, calibrated once and kept under TQ_CACHE_DIR/kv-calib.
 
     rpc_servers: "host:port,..." (or a list) of ggml-rpc-server hosts (`tq-llama rpc-server`): the

@@ -108,6 +108,9 @@ static uint64_t tq_calib_key(const llama_model & model, const std::vector<tq_kv_
     f.add(params.rope_freq_scale);
     for (const tq_kv_center * c : centers) {
         f.add(c->center_k); f.add(c->center_v); f.add(c->equalize_k); f.add(c->sink_code); f.add(c->positions);
+        if (c->rope_pre) {
+            f.add(c->rope_pre);
+        }
         for (int32_t il = 0; il < (int32_t) model.hparams.n_layer_all; ++il) { // the option `layers`
             if (c->layer_type(il, true) != params.type_k || c->layer_type(il, false) != params.type_v) {
                 f.add(il); f.add(c->layer_type(il, true)); f.add(c->layer_type(il, false));

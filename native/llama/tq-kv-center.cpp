@@ -108,6 +108,12 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
     if (key == "sink") {
         return tq_parse_bool(key, value, o.sink);
     }
+    if (key == "rope") {
+        if (value == "auto") { o.rope = tq_rope_mode::automatic; return ""; }
+        if (value == "pre")  { o.rope = tq_rope_mode::pre;       return ""; }
+        if (value == "post") { o.rope = tq_rope_mode::post;      return ""; }
+        return "rope must be auto, pre or post (keys centred before or after RoPE), not '" + value + "'";
+    }
     if (key == "stats") {
         if (value == "calib") { o.stats = tq_stats_source::calibration;  return ""; }
         if (value == "first") { o.stats = tq_stats_source::first_ubatch; return ""; }
@@ -136,7 +142,7 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
     if (key == "layers") {
         return tq_parse_layers(value, o);
     }
-    return "unknown KV-cache option '" + key + "' (center, equalize, sink, stats, calib_dir, calib_text, calib_tokens, layers)";
+    return "unknown KV-cache option '" + key + "' (center, equalize, sink, rope, stats, calib_dir, calib_text, calib_tokens, layers)";
 }
 
 std::string tq_kv_options_parse(const char * text, tq_kv_options & opts) {
@@ -168,6 +174,7 @@ static tq_kv_options tq_kv_options_from_env() {
         { "LLAMA_KV_CENTER",    "center"    },
         { "LLAMA_KV_EQUALIZE",  "equalize"  },
         { "LLAMA_KV_SINK",      "sink"      },
+        { "LLAMA_KV_ROPE",      "rope"      },
         { "LLAMA_KV_STATS",     "stats"     },
         { "LLAMA_KV_CALIB_DIR", "calib_dir" },
         { "LLAMA_KV_CALIB_TEXT", "calib_text" },
@@ -385,6 +392,94 @@ struct stats_graph {
 
 } // namespace
 
+namespace {
+
+// The values of a head as RoPE pairs (x, y): x = 2j, y = 2j+1 (plain) or x = j, y = j + n/2 (NeoX).
+// With the tables' c = cos(p theta_j) and s = sin(p theta_j) on both values of a pair (Cc, Ss),
+// R(p) m = m Cc + J(m) Ss and R(p)^T k = k Cc - J(k) Ss, where J(x, y) = (-y, x).
+struct pair_ops {
+    ggml_context * ctx;
+    int64_t n;      // values per head
+    bool    neox;
+
+    // t (contiguous, n values per row) as [1, n/2, rows] x or y values (plain) or [n/2, 1, rows]
+    ggml_tensor * half(ggml_tensor * t, bool y) const {
+        const int64_t rows = ggml_nelements(t)/n;
+        ggml_tensor * t3 = neox ? ggml_reshape_3d(ctx, t, n/2, 2, rows) : ggml_reshape_3d(ctx, t, 2, n/2, rows);
+        const int64_t ne0 = neox ? n/2 : 1, ne1 = neox ? 1 : n/2;
+        return ggml_cont(ctx, ggml_view_3d(ctx, t3, ne0, ne1, rows, t3->nb[1], t3->nb[2], y ? (neox ? t3->nb[1] : t3->nb[0]) : 0));
+    }
+    // x and y values back into pairs, shaped like `like`
+    ggml_tensor * join(ggml_tensor * x, ggml_tensor * y, const ggml_tensor * like) const {
+        return ggml_reshape(ctx, ggml_concat(ctx, x, y, neox ? 1 : 0), const_cast<ggml_tensor *>(like));
+    }
+    ggml_tensor * J(ggml_tensor * t) const {
+        return join(ggml_neg(ctx, half(t, true)), half(t, false), t);
+    }
+    // [n, rows] with each pair's x value (y = false) or y value on both of its values
+    ggml_tensor * both(ggml_tensor * t, bool y) const {
+        ggml_tensor * h = half(t, y);
+        return join(h, h, t);
+    }
+    // the tokens' table [n, n_tokens, 2] as Cc and Ss [n, 1, n_tokens]
+    ggml_tensor * plane(ggml_tensor * tab, int i) const {
+        return ggml_reshape_3d(ctx, ggml_view_2d(ctx, tab, n, tab->ne[1], tab->nb[1], i*tab->nb[2]), n, 1, tab->ne[1]);
+    }
+    // R(p) m for every token: m [n, h], like [n, h, n_tokens]
+    ggml_tensor * turn(ggml_tensor * m, ggml_tensor * tab, ggml_tensor * like) const {
+        ggml_tensor * m3 = ggml_reshape_3d(ctx, m, n, m->ne[1], 1);
+        ggml_tensor * a  = ggml_mul(ctx, ggml_repeat(ctx, m3, like), plane(tab, 0));
+        ggml_tensor * b  = ggml_mul(ctx, ggml_repeat(ctx, ggml_reshape_3d(ctx, J(m), n, m->ne[1], 1), like), plane(tab, 1));
+        return ggml_add(ctx, a, b);
+    }
+    // R(p)^T k of every token of k [n, h, n_tokens]
+    ggml_tensor * unturn(ggml_tensor * k, ggml_tensor * tab) const {
+        ggml_tensor * kc = ggml_is_contiguous(k) ? k : ggml_cont(ctx, k);
+        return ggml_sub(ctx, ggml_mul(ctx, kc, plane(tab, 0)), ggml_mul(ctx, J(kc), plane(tab, 1)));
+    }
+    // the queries' half of q.R(p) m: per pair a = qx mx + qy my on x and b = qy mx - qx my on y, so
+    // that q.R(p) m = sum a cos + b sin, the cells' table's dot product. q [n, n_head, n_tokens]
+    // (query head h reads KV head h / (n_head / h_kv)), m [n, h_kv]
+    ggml_tensor * query_term(ggml_tensor * q, ggml_tensor * m, int64_t h_kv) const {
+        const int64_t n_gqa = q->ne[1]/h_kv;
+        ggml_tensor * q4 = ggml_reshape_4d(ctx, q, n, n_gqa, h_kv, ggml_nelements(q)/(n*q->ne[1]));
+        ggml_tensor * mx = ggml_reshape_4d(ctx, both(m, false), n, 1, h_kv, 1);
+        ggml_tensor * my = ggml_reshape_4d(ctx, both(m, true),  n, 1, h_kv, 1);
+        return ggml_sub(ctx, ggml_mul(ctx, q4, mx), ggml_mul(ctx, J(q4), my));
+    }
+};
+
+// the mean over the tokens of x [n, h, n_tokens] as [n, h], each sequence's first token left out
+// as the statistics leave it out (tq_center_build_stats)
+ggml_tensor * tq_center_token_mean(ggml_context * ctx, ggml_tensor * x, int64_t n_seq_tokens) {
+    const int64_t n_embd = x->ne[0]*x->ne[1];
+    const int64_t ns = n_seq_tokens > 0 && x->ne[2] % n_seq_tokens == 0 ? n_seq_tokens : x->ne[2];
+    const int64_t nq = x->ne[2]/ns;
+    const int64_t t0 = ns > 1 ? 1 : 0;
+    ggml_tensor * xs = ggml_view_3d(ctx, x, n_embd, ns - t0, nq, x->nb[2], ns*x->nb[2], t0*x->nb[2]);
+    ggml_tensor * xt = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, ggml_cont(ctx, xs), n_embd, (ns - t0)*nq)));
+    return ggml_reshape_2d(ctx, ggml_mean(ctx, xt), x->ne[0], x->ne[1]);
+}
+
+} // namespace
+
+void tq_center_add_key_bias(ggml_context * ctx, ggml_tensor * fa, const tq_key_bias & kb) {
+    if (!kb.kb) {
+        return;
+    }
+    const ggml_tensor * q = fa->src[0]; // [n, n_tokens per stream, n_head, n_stream]
+    const ggml_tensor * k = fa->src[1]; // [n, n_kv, n_head_kv, n_stream]
+    float scale;
+    memcpy(&scale, fa->op_params, sizeof(float));
+    ggml_tensor * qb = ggml_scale(ctx, kb.qb, scale); // [n, n_head, n_tokens], tokens stream by stream
+    qb = ggml_view_4d(ctx, qb, q->ne[0], q->ne[2], q->ne[1], q->ne[3], qb->nb[1], qb->nb[2], qb->nb[2]*q->ne[1], 0);
+    qb = ggml_permute(ctx, qb, 0, 2, 1, 3);
+    GGML_ASSERT(kb.kb->ne[1] == k->ne[1]*k->ne[3]);
+    ggml_tensor * t = ggml_view_4d(ctx, kb.kb, k->ne[0], k->ne[1], 1, k->ne[3], kb.kb->nb[1], kb.kb->nb[1]*k->ne[1],
+                                   kb.kb->nb[1]*k->ne[1], 0);
+    ggml_flash_attn_ext_add_key_bias(fa, qb, t);
+}
+
 tq_center_stats tq_center_build_stats(ggml_context * ctx, ggml_tensor * cur, ggml_tensor * q4, const tq_center_stats_params & p) {
     const int64_t n_embd_head = cur->ne[0];
     const int64_t n_head_kv   = cur->ne[1];
@@ -444,7 +539,12 @@ tq_center_stats tq_center_build_stats(ggml_context * ctx, ggml_tensor * cur, ggm
         ggml_tensor * avg = ggml_mean(ctx, ggml_reshape_2d(ctx, t, n_embd, 1)); // [1, 1]
         return ggml_add(ctx, t, ggml_scale(ctx, avg, 0.01f));
     };
-    out.scale = ggml_reshape_2d(ctx, ggml_sqrt(ctx, ggml_sqrt(ctx, ggml_div(ctx, floored(q2), floored(vk)))), n_embd_head, n_head_kv);
+    // keys that do not vary at all (one token, centred on itself): factors of 1, not q2 / 0
+    ggml_tensor * vk_avg  = ggml_mean(ctx, ggml_reshape_2d(ctx, vk, n_embd, 1));
+    ggml_tensor * q2f     = floored(q2);
+    ggml_tensor * no_var  = ggml_scale_bias(ctx, ggml_step(ctx, vk_avg), -1.0f, 1.0f); // 1 where vk is all 0
+    ggml_tensor * vkf     = ggml_add(ctx, floored(vk), ggml_mul(ctx, q2f, no_var));
+    out.scale = ggml_reshape_2d(ctx, ggml_sqrt(ctx, ggml_sqrt(ctx, ggml_div(ctx, q2f, vkf))), n_embd_head, n_head_kv);
     return out;
 }
 
@@ -533,7 +633,7 @@ void tq_kv_center::warn_unrotated(ggml_type tk, ggml_type tv, bool rot_k, bool r
 }
 
 void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams, ggml_type tk, ggml_type tv,
-                        bool is_mla, bool shares_cells, bool is_swa_cache, uint32_t kv_size,
+                        bool is_mla, bool shares_cells, bool is_swa_cache, uint32_t kv_size, bool offload,
                         const std::function<bool(int32_t)> & has_layer) {
     hp = &hparams;
     type_k = tk;
@@ -594,6 +694,61 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     }
     equalize_k = center_k && o.equalize;
     sink_code  = o.sink;
+    // keys centred before RoPE: flash attention adds their term back (tq K caches; CPU only: the
+    // CUDA kernels do not add it yet), and one table of RoPE frequencies serves every layer
+    rope_pre = false;
+    if (center_k && o.rope != tq_rope_mode::post) {
+        const char * why = nullptr;
+        int32_t il0 = -1;
+        for (int32_t il = 0; il < (int32_t) hparams.n_layer_all && !why; ++il) {
+            if (!hparams.has_kv(il)) {
+                why = "a layer reads another layer's cache";
+            } else if (!has_layer(il)) {
+                continue;
+            } else if (offload && !ggml_backend_buft_is_host(ggml_backend_dev_buffer_type(model.dev_layer(il)))) {
+                why = "a layer's cache is on a GPU (or another host), whose attention does not add the keys' offset back";
+            } else if (!hparams.has_rope(il)) {
+                why = "a layer has no RoPE";
+            } else if (il0 < 0) {
+                il0 = il;
+            } else if (hparams.n_embd_head_k(il) != hparams.n_embd_head_k(il0) || hparams.is_swa(il) != hparams.is_swa(il0)) {
+                why = "the layers' head sizes or RoPE frequencies differ";
+            }
+        }
+        if (!ggml_type_is_tq(tk)) {
+            why = "the K cache is not a tq type (flash attention adds the keys' offset back only there)";
+        } else if (hparams.rope_type == LLAMA_ROPE_TYPE_NONE) {
+            why = "the model has no RoPE";
+        } else if (il0 < 0) {
+            why = "the cache has no layers";
+        }
+        if (why && o.rope == tq_rope_mode::pre) {
+            throw std::runtime_error(std::string("KV-cache option rope=pre: ") + why);
+        }
+        if (why) {
+            LLAMA_LOG_INFO("%s: K centred after RoPE: %s\n", __func__, why);
+        } else {
+            rope_pre  = true;
+            rope_neox = hparams.rope_type == LLAMA_ROPE_TYPE_NEOX;
+            rope_dim  = hparams.n_embd_head_k(il0);
+            const bool swa = hparams.is_swa(il0);
+            const double base  = swa ? hparams.rope_freq_base_train_swa  : hparams.rope_freq_base_train;
+            const double scale = swa ? hparams.rope_freq_scale_train_swa : hparams.rope_freq_scale_train;
+            rope_theta.resize(rope_dim/2);
+            for (int64_t i = 0; i < rope_dim/2; ++i) {
+                rope_theta[i] = scale*pow(base, -2.0*(double) i/(double) rope_dim);
+            }
+            // Llama-3's frequency factors divide the frequencies (the same tensor in every layer)
+            const ggml_tensor * ff = (size_t) il0 < model.layers.size() ? model.layers[il0].rope_freqs : nullptr;
+            if (ff && ff->type == GGML_TYPE_F32 && ff->ne[0] >= rope_dim/2 && ff->buffer) {
+                std::vector<float> f(rope_dim/2);
+                ggml_backend_tensor_get(ff, f.data(), 0, f.size()*sizeof(float));
+                for (int64_t i = 0; i < rope_dim/2; ++i) {
+                    rope_theta[i] /= f[i];
+                }
+            }
+        }
+    }
     const auto & target = tq_kv_calibration_target_current();
     // the calibration's own context measures the statistics from its first ubatch (the text)
     source     = target.active ? tq_stats_source::first_ubatch : o.stats;
@@ -602,8 +757,8 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     // context's own length measured worse on Gemma-3: docs/method.md, Centring)
     positions = is_swa_cache ? (float) hparams.n_ctx_train : (float) (target.active ? target.positions : kv_size);
     if (enabled()) {
-        LLAMA_LOG_INFO("%s: mean-centred K = %d, V = %d, equalized K = %d, first token coded exactly = %d, statistics: %s\n",
-            __func__, center_k, center_v, equalize_k, sink_code, source == tq_stats_source::calibration ? "calibration" : "first ubatch");
+        LLAMA_LOG_INFO("%s: mean-centred K = %d (before RoPE = %d), V = %d, equalized K = %d, first token coded exactly = %d, statistics: %s\n",
+            __func__, center_k, rope_pre, center_v, equalize_k, sink_code, source == tq_stats_source::calibration ? "calibration" : "first ubatch");
     }
 }
 
@@ -625,6 +780,9 @@ void tq_kv_center::alloc_layer(ggml_context * ctx, int32_t il, const char * name
     if (center_k) {
         l.mean_k = make("k_mean", hp->n_embd_head_k(il));
     }
+    if (rope_pre) {
+        l.mean_k0 = make("k_mean0", hp->n_embd_head_k(il));
+    }
     if (equalize_k) {
         l.scale_k = make("k_scale", hp->n_embd_head_k(il));
     }
@@ -642,7 +800,8 @@ ggml_type tq_kv_center::layer_type(int32_t il, bool is_k) const {
 }
 
 ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * cur, int32_t il, bool is_k, bool init,
-                                  ggml_tensor * rot, ggml_tensor ** mean_out, ggml_tensor ** q, int64_t n_seq_tokens) const {
+                                  ggml_tensor * rot, ggml_tensor ** mean_out, ggml_tensor ** q, int64_t n_seq_tokens,
+                                  ggml_tensor * rope_cells, ggml_tensor * rope_tokens, tq_key_bias * kbias) const {
     const auto it = by_il.find(il);
     const layer * l = it == by_il.end() ? nullptr : &layers[it->second];
     ggml_tensor * ctr = l ? (is_k ? l->mean_k : l->mean_v) : nullptr;
@@ -665,6 +824,24 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
         GGML_ASSERT(q && *q && (*q)->ne[0] == n_embd_head && (*q)->ne[1] % n_head_kv == 0);
         ggml_tensor * qc = ggml_is_contiguous(*q) ? *q : ggml_cont(ctx, *q);
         q4 = ggml_reshape_4d(ctx, qc, n_embd_head, (*q)->ne[1]/n_head_kv, n_head_kv, ggml_nelements(qc)/(n_embd_head*(*q)->ne[1]));
+    }
+    // keys centred before RoPE: k - R(p) mu0 goes on as the key, and the queries' term q.R(p) mu0
+    // comes back in attention (tq_key_bias)
+    ggml_tensor * mean0 = is_k && l->mean_k0 && rope_cells && rope_tokens ? l->mean_k0 : nullptr;
+    GGML_ASSERT(!(is_k && l->mean_k0) || mean0 || !cur); // a graph without the tables would lose the offset
+    if (mean0) {
+        const pair_ops po = { ctx, n_embd_head, rope_neox };
+        if (init) {
+            mean0 = tq_center_token_mean(ctx, po.unturn(cur, rope_tokens), n_seq_tokens);
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, mean0, l->mean_k0));
+        }
+        cur = ggml_sub(ctx, cur, po.turn(mean0, rope_tokens, cur));
+        if (kbias) {
+            GGML_ASSERT(q && *q && (*q)->ne[0] == n_embd_head && (*q)->ne[1] % n_head_kv == 0);
+            ggml_tensor * qc = ggml_is_contiguous(*q) ? *q : ggml_cont(ctx, *q);
+            kbias->qb = ggml_reshape_3d(ctx, po.query_term(qc, mean0, n_head_kv), n_embd_head, (*q)->ne[1], ggml_nelements(qc)/(n_embd_head*(*q)->ne[1]));
+            kbias->kb = rope_cells;
+        }
     }
     if (init) {
         // written once, read by every later ubatch (whose graphs carry no write, so reads never
@@ -703,6 +880,58 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
         *q = ggml_reshape_3d(ctx, q4, n_embd_head, (*q)->ne[1], (*q)->ne[2]);
     }
     return res;
+}
+
+void tq_kv_center::build_input_rope(ggml_context * ctx, int64_t n_cells, int64_t n_tokens, ggml_tensor ** cells, ggml_tensor ** tokens) const {
+    *cells = *tokens = nullptr;
+    if (!rope_pre) {
+        return;
+    }
+    *cells  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, rope_dim, n_cells);
+    *tokens = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, rope_dim, n_tokens, 2);
+    ggml_set_input(*cells);
+    ggml_set_input(*tokens);
+    ggml_set_name(*cells,  "attn_inp_tq_rope_cells");
+    ggml_set_name(*tokens, "attn_inp_tq_rope_tokens");
+}
+
+void tq_kv_center::rope_row(int32_t pos, float * row) const {
+    const int64_t h = rope_dim/2;
+    for (int64_t j = 0; j < h; ++j) {
+        const double a = (double) pos*rope_theta[j]; // in double: positions reach millions
+        row[rope_neox ? j     : 2*j]     = (float) cos(a);
+        row[rope_neox ? j + h : 2*j + 1] = (float) sin(a);
+    }
+}
+
+void tq_kv_center::set_input_rope(ggml_tensor * cells, ggml_tensor * tokens, const int32_t * cell_pos, const int32_t * tok_pos) const {
+    GGML_ASSERT(rope_pre && ggml_backend_buffer_is_host(cells->buffer) && ggml_backend_buffer_is_host(tokens->buffer));
+    const int64_t n = rope_dim, n_cells = cells->ne[1], n_tokens = tokens->ne[1], h = n/2;
+    // a row depends on its position only: a decode step recomputes the one cell that changed
+    if ((int64_t) rope_cell_pos.size() != n_cells) {
+        rope_cell_pos.assign(n_cells, INT32_MIN);
+        rope_cell_rows.assign(n_cells*n, 0.0f);
+    }
+    for (int64_t i = 0; i < n_cells; ++i) {
+        const int32_t p = std::max(cell_pos[i], 0); // an empty cell is masked: any row does
+        if (rope_cell_pos[i] != p) {
+            rope_row(p, rope_cell_rows.data() + i*n);
+            rope_cell_pos[i] = p;
+        }
+    }
+    memcpy(cells->data, rope_cell_rows.data(), ggml_nbytes(cells));
+    float * cc = (float *) tokens->data;
+    float * ss = cc + n*n_tokens;
+    std::vector<float> row(n);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        rope_row(tok_pos[t], row.data());
+        for (int64_t j = 0; j < h; ++j) {
+            const float c = row[rope_neox ? j : 2*j], s = row[rope_neox ? j + h : 2*j + 1];
+            const int64_t x = rope_neox ? j : 2*j, y = rope_neox ? j + h : 2*j + 1;
+            cc[t*n + x] = cc[t*n + y] = c;
+            ss[t*n + x] = ss[t*n + y] = s;
+        }
+    }
 }
 
 ggml_tensor * tq_kv_center::mean_v(int32_t il) const {
@@ -745,7 +974,7 @@ ggml_tensor * tq_kv_center::shift_apply(ggml_context * ctx, ggml_tensor * tmp, i
 // state and the statistics as floats
 
 uint32_t tq_kv_center::mode_bits() const {
-    return (center_k ? 1u : 0u) | (center_v ? 2u : 0u) | (equalize_k ? 4u : 0u);
+    return (center_k ? 1u : 0u) | (center_v ? 2u : 0u) | (equalize_k ? 4u : 0u) | (rope_pre ? 8u : 0u);
 }
 
 // the centring section: which halves are centred, then per layer the K means, V means, K scales
@@ -753,7 +982,7 @@ void tq_kv_center::state_write(llama_io_write_i & io) const {
     const uint32_t mode = mode_bits();
     io.write(&mode, sizeof(mode));
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
             if (t) {
                 io.write_tensor(t, 0, ggml_nbytes(t));
             }
@@ -765,13 +994,13 @@ void tq_kv_center::state_read(llama_io_read_i & io, bool was_empty) {
     uint32_t mode;
     io.read(&mode, sizeof(mode));
     if (mode != mode_bits()) {
-        throw std::runtime_error(format("KV mean-centring differs: the state has centred K %d V %d equalized K %d, this cache "
-            "%d %d %d (kv_center / LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE)", mode & 1, (mode >> 1) & 1, (mode >> 2) & 1,
-            center_k, center_v, equalize_k));
+        throw std::runtime_error(format("KV mean-centring differs: the state has centred K %d V %d equalized K %d before RoPE %d, "
+            "this cache %d %d %d %d (kv_center / LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE, kv_options rope / LLAMA_KV_ROPE)",
+            mode & 1, (mode >> 1) & 1, (mode >> 2) & 1, (mode >> 3) & 1, center_k, center_v, equalize_k, rope_pre));
     }
     bool changed = false;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
             if (!t) {
                 continue;
             }
@@ -800,7 +1029,7 @@ void tq_kv_center::state_read(llama_io_read_i & io, bool was_empty) {
 size_t tq_kv_center::n_floats() const {
     size_t n = 0;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
             n += t ? (size_t) ggml_nelements(t) : 0;
         }
     }
@@ -811,7 +1040,7 @@ void tq_kv_center::get(std::vector<float> & out) const {
     out.resize(n_floats());
     size_t at = 0;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
             if (t) {
                 ggml_backend_tensor_get(t, out.data() + at, 0, ggml_nbytes(t));
                 at += ggml_nelements(t);
@@ -831,7 +1060,7 @@ void tq_kv_center::set(const std::vector<float> & in) {
     fixed_stats = in;
     size_t at = 0;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k }) {
+        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
             if (t) {
                 ggml_backend_tensor_set(t, in.data() + at, 0, ggml_nbytes(t));
                 at += ggml_nelements(t);

@@ -34,11 +34,14 @@ bool tq_kv_check_params(const llama_model & model, llama_context_params & params
 
 enum class tq_center_mode { off, automatic, k, kv };
 enum class tq_stats_source { calibration, first_ubatch };
+// keys centred before RoPE (auto: where flash attention can add their offset back, the CPU)
+enum class tq_rope_mode { automatic, pre, post };
 
 struct tq_kv_options {
     tq_center_mode  center   = tq_center_mode::automatic;
     bool            equalize = true;
     bool            sink     = true;
+    tq_rope_mode    rope     = tq_rope_mode::automatic;
     tq_stats_source stats    = tq_stats_source::calibration;
     std::string     calib_dir;      // "" = the default folder, "off" = calibrate every time
     std::string     calib_text;     // "" = the built-in text (tq-calib-text.h), else a UTF-8 file
@@ -89,6 +92,20 @@ tq_center_stats tq_center_build_stats(ggml_context * ctx, ggml_tensor * x, ggml_
 ggml_tensor * tq_center_sink_mean(ggml_context * ctx, ggml_tensor * x, ggml_tensor * mean, ggml_tensor * scale,
                                   ggml_tensor * rot, ggml_type type);
 
+// Keys centred before RoPE: a key's offset mu0 (the mean of the keys before RoPE) is turned by
+// RoPE with the key, so the cache stores k - R(p) mu0 (and then centres and scales as above), and
+// attention adds each key's q.R(p) mu0 back as a score term of flash attention
+// (ggml_flash_attn_ext_add_key_bias): qb [n_embd_head, n_head, n_tokens] from the queries and mu0,
+// kb the cells' RoPE table. R is the table's: the cache's own cos/sin per pair (the model's base
+// and scale), so that what is subtracted and what is added back agree exactly whatever the model's
+// RoPE does beyond that (a difference only leaves more offset in the stored keys).
+struct tq_key_bias {
+    ggml_tensor * qb = nullptr;
+    ggml_tensor * kb = nullptr;
+};
+// the score term on a flash-attention node (kb.kb == nullptr: none)
+void tq_center_add_key_bias(ggml_context * ctx, ggml_tensor * fa, const tq_key_bias & kb);
+
 // the attention output of a V cache stored as v - mu_v, mu_v added back: cur
 // [n_embd_head_v * n_head, n_tokens], query head h reading KV head h / (n_head / n_head_kv);
 // mean_v == nullptr returns cur
@@ -100,16 +117,17 @@ class tq_kv_center {
 public:
     // decides what is centred (options, model and cache type); logs why where it turns off
     void init(const llama_model & model, const llama_hparams & hparams, ggml_type type_k, ggml_type type_v,
-              bool is_mla, bool shares_cells, bool is_swa_cache, uint32_t kv_size,
+              bool is_mla, bool shares_cells, bool is_swa_cache, uint32_t kv_size, bool offload,
               const std::function<bool(int32_t)> & has_layer);
     // the codebooks are fitted to rotated vectors: a tq cache that llama.cpp does not rotate codes badly
     static void warn_unrotated(ggml_type type_k, ggml_type type_v, bool rot_k, bool rot_v);
 
     bool enabled() const { return center_k || center_v; }
     // tensors per layer this adds to the cache's context
-    static constexpr size_t n_tensors_per_layer = 3;
-    // graph nodes per layer that computing the statistics adds (about 180 with RoPE and factors)
-    static constexpr uint32_t graph_nodes_per_layer = 256;
+    static constexpr size_t n_tensors_per_layer = 4;
+    // graph nodes per layer that computing the statistics adds (about 180 with RoPE and factors,
+    // about 260 with keys centred before RoPE)
+    static constexpr uint32_t graph_nodes_per_layer = 384;
     void alloc_layer(ggml_context * ctx, int32_t il, const char * name_tag);
     // the type of layer il's K (is_k) or V cache: the cache's type unless the option `layers`
     // names another tq type for it
@@ -123,8 +141,19 @@ public:
     // the statistics (stored in the layer's tensors by `gf`). For K, q [n_embd_head, n_head, n_tokens]
     // is divided by s. mean_out receives the mean subtracted (nullptr when not centred).
     // cur == nullptr: a layer that reads another layer's cache (only q follows).
+    // rope_cells, rope_tokens: the graph's RoPE tables (build_input_rope), nullptr without
+    // centring before RoPE; kbias receives the score term the keys need back
     ggml_tensor * build(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * cur, int32_t il, bool is_k, bool init,
-                        ggml_tensor * rot, ggml_tensor ** mean_out, ggml_tensor ** q, int64_t n_seq_tokens) const;
+                        ggml_tensor * rot, ggml_tensor ** mean_out, ggml_tensor ** q, int64_t n_seq_tokens,
+                        ggml_tensor * rope_cells = nullptr, ggml_tensor * rope_tokens = nullptr,
+                        tq_key_bias * kbias = nullptr) const;
+
+    // keys centred before RoPE: the graph's two RoPE tables as inputs, cells [n_embd_head, n_cells]
+    // (cos and sin of each cell's position on the two values of each RoPE pair) and tokens
+    // [n_embd_head, n_tokens, 2] (cos on both values of each pair, then sin); nullptr when off
+    void build_input_rope(ggml_context * ctx, int64_t n_cells, int64_t n_tokens, ggml_tensor ** cells, ggml_tensor ** tokens) const;
+    // fills them: cell_pos[i] the position of cell i (< 0: empty), tok_pos the ubatch's positions
+    void set_input_rope(ggml_tensor * cells, ggml_tensor * tokens, const int32_t * cell_pos, const int32_t * tok_pos) const;
     ggml_tensor * mean_v(int32_t il) const;
 
     // the K-shift: stored -> k before RoPE is applied again, and k -> stored after
@@ -143,6 +172,7 @@ public:
     void restore();
 
     bool  center_k = false, center_v = false, equalize_k = false, sink_code = false;
+    bool  rope_pre = false;   // keys centred before RoPE
     tq_stats_source source = tq_stats_source::calibration;
     bool  fixed = false;      // the statistics are set and stay (calibration, a loaded state)
     float positions = 0;      // H of the statistics
@@ -153,6 +183,7 @@ private:
         ggml_type      type_k = GGML_TYPE_F16, type_v = GGML_TYPE_F16;
         tq_center_rope rope;
         ggml_tensor *  mean_k  = nullptr;
+        ggml_tensor *  mean_k0 = nullptr;  // before RoPE (rope_pre)
         ggml_tensor *  scale_k = nullptr;
         ggml_tensor *  mean_v  = nullptr;
     };
@@ -164,4 +195,13 @@ private:
     std::map<int32_t, ggml_type> layer_k, layer_v;
 
     uint32_t mode_bits() const;
+
+    // RoPE's pairing and frequencies for the tables (rope_pre): theta of each pair
+    bool               rope_neox = false;
+    int64_t            rope_dim  = 0;
+    std::vector<double> rope_theta;
+    // the cells' rows as last filled, so that only cells whose position changed are recomputed
+    mutable std::vector<int32_t> rope_cell_pos;
+    mutable std::vector<float>   rope_cell_rows;
+    void rope_row(int32_t pos, float * row) const;
 };

@@ -218,7 +218,8 @@ tq_status tq_ggml_attn_f32(const tq_attn_args *a) {
         a->dv > TQ_ATTN_MAX_DIM || a->n_rows < 1 || a->n_rows > TQ_ATTN_MAX_ROWS || a->n_kv < 0)
         return TQ_ERR_LENGTH;
     for (int r = 0; r < a->n_rows; r++)
-        if (!a->q[r]) return TQ_ERR_NULL;
+        if (!a->q[r] || (a->kb && !a->qb[r])) return TQ_ERR_NULL;
+    if (a->kb && (a->nb <= 0 || a->nb % 32 || a->nb > TQ_ATTN_MAX_DIM)) return TQ_ERR_LENGTH;
     tq_active_kernels()->attn(a);
     return TQ_OK;
 }

@@ -71,6 +71,7 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
                 }
                 float s = attn_dot(a->q[r], kt + j * dk, dk) * a->scale;
                 if (a->softcap != 0.0f) s = a->softcap * tanhf(s);
+                if (a->kb) s += attn_dot(a->qb[r], (const float *)((const char *)a->kb + (size_t)(j0 + j) * a->kb_stride), a->nb);
                 s += mv[r][j];
                 p[r][j] = s;
                 if (s > mt) mt = s;
