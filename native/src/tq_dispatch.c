@@ -51,14 +51,21 @@ static void build(void) {
     g_table_isa[0] = TQ_ISA_PORTABLE;
     g_tables[1] = g_tables[0];
     g_tables[2] = g_tables[0];
+    g_table_isa[1] = g_table_isa[2] = 0; /* no table: what this CPU cannot run is never built */
+    /* an ISA's table is built only where the CPU runs it: the compiler may use the ISA's
+     * instructions in tq_kernels_<isa> itself (its table set-up loops), not only in the kernels */
 #if TQ_IS_X86 && !defined(TQ_NO_AVX2)
-    tq_kernels_avx2(&g_tables[1]);
-    g_tables[2] = g_tables[1];
-    g_table_isa[1] = TQ_ISA_AVX2;
+    if (avail & TQ_ISA_AVX2) {
+        tq_kernels_avx2(&g_tables[1]);
+        g_tables[2] = g_tables[1];
+        g_table_isa[1] = TQ_ISA_AVX2;
+    }
 #endif
 #if TQ_IS_X86 && !defined(TQ_NO_AVX512)
-    tq_kernels_avx512(&g_tables[2]);
-    g_table_isa[2] = TQ_ISA_AVX512;
+    if (avail & TQ_ISA_AVX512) {
+        tq_kernels_avx512(&g_tables[2]);
+        g_table_isa[2] = TQ_ISA_AVX512;
+    }
 #endif
 #if TQ_IS_AARCH64 && !defined(TQ_NO_NEON)
     tq_kernels_neon(&g_tables[1]);
