@@ -449,16 +449,27 @@ struct pair_ops {
     }
 };
 
-// the mean over the tokens of x [n, h, n_tokens] as [n, h], each sequence's first token left out
-// as the statistics leave it out (tq_center_build_stats)
-ggml_tensor * tq_center_token_mean(ggml_context * ctx, ggml_tensor * x, int64_t n_seq_tokens) {
+// the tokens that the statistics are taken over, of x [n, h, n_tokens], as [n_tokens', n*h] (one
+// row per value). A ubatch of several sequences (parallel sequences in their own streams,
+// split_equal: llama-perplexity scores 4 chunks at once) holds ns tokens of each, one sequence
+// after the other: they span positions 0 .. ns-1 only, not 0 .. n_tokens-1 (*ns). The first token
+// of a sequence (BOS, an attention sink) has keys and values far from all others: it would pull
+// the mean away from every other token, so each sequence's is left out.
+ggml_tensor * tq_center_stats_tokens(ggml_context * ctx, ggml_tensor * x, int64_t n_seq_tokens, int64_t * ns_out) {
     const int64_t n_embd = x->ne[0]*x->ne[1];
     const int64_t ns = n_seq_tokens > 0 && x->ne[2] % n_seq_tokens == 0 ? n_seq_tokens : x->ne[2];
     const int64_t nq = x->ne[2]/ns;
     const int64_t t0 = ns > 1 ? 1 : 0;
     ggml_tensor * xs = ggml_view_3d(ctx, x, n_embd, ns - t0, nq, x->nb[2], ns*x->nb[2], t0*x->nb[2]);
-    ggml_tensor * xt = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, ggml_cont(ctx, xs), n_embd, (ns - t0)*nq)));
-    return ggml_reshape_2d(ctx, ggml_mean(ctx, xt), x->ne[0], x->ne[1]);
+    if (ns_out) {
+        *ns_out = ns;
+    }
+    return ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, ggml_cont(ctx, xs), n_embd, (ns - t0)*nq)));
+}
+
+// the mean over the tokens of x [n, h, n_tokens] as [n, h], taken as the statistics take theirs
+ggml_tensor * tq_center_token_mean(ggml_context * ctx, ggml_tensor * x, int64_t n_seq_tokens) {
+    return ggml_reshape_2d(ctx, ggml_mean(ctx, tq_center_stats_tokens(ctx, x, n_seq_tokens, nullptr)), x->ne[0], x->ne[1]);
 }
 
 } // namespace
@@ -487,16 +498,8 @@ tq_center_stats tq_center_build_stats(ggml_context * ctx, ggml_tensor * cur, ggm
     GGML_ASSERT(cur->type == GGML_TYPE_F32 && ggml_row_size(cur->type, n_embd_head) == cur->nb[1]);
     GGML_ASSERT(!p.equalize || (q4 && q4->ne[0] == n_embd_head && q4->ne[2] == n_head_kv));
 
-    // a ubatch of several sequences (parallel sequences in their own streams, split_equal:
-    // llama-perplexity scores 4 chunks at once) holds ns tokens of each, one sequence after the
-    // other: they span positions 0 .. ns-1 only, not 0 .. n_tokens-1
-    const int64_t ns = p.n_seq_tokens > 0 && cur->ne[2] % p.n_seq_tokens == 0 ? p.n_seq_tokens : cur->ne[2];
-    const int64_t nq = cur->ne[2] / ns;
-    // the first token of a sequence (BOS, an attention sink) has keys and values far from all
-    // others: it would pull the mean away from every other token, so each sequence's is left out
-    const int64_t t0 = ns > 1 ? 1 : 0;
-    ggml_tensor * xs = ggml_view_3d(ctx, cur, n_embd, ns - t0, nq, cur->nb[2], ns*cur->nb[2], t0*cur->nb[2]);
-    ggml_tensor * xt = ggml_cont(ctx, ggml_transpose(ctx, ggml_reshape_2d(ctx, ggml_cont(ctx, xs), n_embd, (ns - t0)*nq))); // [n_tokens, n_embd]
+    int64_t ns = 0;
+    ggml_tensor * xt = tq_center_stats_tokens(ctx, cur, p.n_seq_tokens, &ns); // [n_tokens, n_embd]
     ggml_tensor * m  = ggml_mean(ctx, xt); // [1, n_embd]
 
     const float H = p.positions;
@@ -978,11 +981,12 @@ uint32_t tq_kv_center::mode_bits() const {
 }
 
 // the centring section: which halves are centred, then per layer the K means, V means, K scales
+// and the K means before RoPE (layer::stats)
 void tq_kv_center::state_write(llama_io_write_i & io) const {
     const uint32_t mode = mode_bits();
     io.write(&mode, sizeof(mode));
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
+        for (ggml_tensor * t : l.stats()) {
             if (t) {
                 io.write_tensor(t, 0, ggml_nbytes(t));
             }
@@ -1000,7 +1004,7 @@ void tq_kv_center::state_read(llama_io_read_i & io, bool was_empty) {
     }
     bool changed = false;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
+        for (ggml_tensor * t : l.stats()) {
             if (!t) {
                 continue;
             }
@@ -1029,7 +1033,7 @@ void tq_kv_center::state_read(llama_io_read_i & io, bool was_empty) {
 size_t tq_kv_center::n_floats() const {
     size_t n = 0;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
+        for (ggml_tensor * t : l.stats()) {
             n += t ? (size_t) ggml_nelements(t) : 0;
         }
     }
@@ -1040,7 +1044,7 @@ void tq_kv_center::get(std::vector<float> & out) const {
     out.resize(n_floats());
     size_t at = 0;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
+        for (ggml_tensor * t : l.stats()) {
             if (t) {
                 ggml_backend_tensor_get(t, out.data() + at, 0, ggml_nbytes(t));
                 at += ggml_nelements(t);
@@ -1060,7 +1064,7 @@ void tq_kv_center::set(const std::vector<float> & in) {
     fixed_stats = in;
     size_t at = 0;
     for (const auto & l : layers) {
-        for (ggml_tensor * t : { l.mean_k, l.mean_v, l.scale_k, l.mean_k0 }) {
+        for (ggml_tensor * t : l.stats()) {
             if (t) {
                 ggml_backend_tensor_set(t, in.data() + at, 0, ggml_nbytes(t));
                 at += ggml_nelements(t);

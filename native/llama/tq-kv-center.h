@@ -14,6 +14,7 @@
 
 #include "ggml.h"
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -186,6 +187,8 @@ private:
         ggml_tensor *  mean_k0 = nullptr;  // before RoPE (rope_pre)
         ggml_tensor *  scale_k = nullptr;
         ggml_tensor *  mean_v  = nullptr;
+        // the statistics in the order of the state, n_floats, get and set; nullptr where absent
+        std::array<ggml_tensor *, 4> stats() const { return { mean_k, mean_v, scale_k, mean_k0 }; }
     };
     std::vector<layer>        layers;
     std::map<int32_t, size_t> by_il;

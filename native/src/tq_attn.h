@@ -6,6 +6,10 @@
  *                                        portable file, which NEON shares) and for the QJL types,
  *                                        the active table's
  *   attn_dot(a, b, n)                    sum of a[i] * b[i]
+ *   attn_dots(a, rows, stride, nt, n, out) (optional, TQ_ATTN_HAVE_DOTS) out[j] = attn_dot(a, row j, n)
+ *                                        for the nt <= TQ_ATTN_TILE rows stride bytes apart; out holds
+ *                                        TQ_ATTN_TILE floats. An ISA scores a tile's keys together, so
+ *                                        that their sums are reduced side by side, not one by one
  *   attn_accum(acc, p, rows, nt, n)      acc[i] += sum_j<nt p[j] * rows[j * n + i], skipping every
  *                                        j with p[j] == 0 (a masked key: its row may not be decoded)
  *   attn_scale(acc, s, n)                acc[i] *= s
@@ -15,6 +19,12 @@
  * (-inf) is not decoded. Per-row work is f32 arithmetic on decoded rows held in L1. */
 
 #define TQ_ATTN_TILE 16
+
+#ifndef TQ_ATTN_HAVE_DOTS
+static inline void attn_dots(const float *a, const float *rows, size_t stride, int nt, int n, float *out) {
+    for (int j = 0; j < nt; j++) out[j] = attn_dot(a, (const float *)((const char *)rows + (size_t)j * stride), n);
+}
+#endif
 
 /* n values (n % TQ_BLOCK == 0) of one coded row to f32 */
 static inline void attn_decode(int type, const void *row, float *out, int n) {
@@ -40,6 +50,9 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
     const int dmax = dk > dv ? dk : dv;
     const int tile = dmax <= 128 ? TQ_ATTN_TILE : TQ_ATTN_TILE * 128 / dmax;
     const char *k = (const char *)a->k, *v = (const char *)a->v;
+    /* the tile's scores are summed for every key, decoded or not (a key no row attends to is
+     * not): rows never written hold zeros, not whatever the stack held */
+    memset(kt, 0, sizeof kt);
 
     for (int64_t j0 = 0; j0 < a->n_kv; j0 += tile) {
         const int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
@@ -63,15 +76,18 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
         if (!any) continue;
 
         for (int r = 0; r < nr; r++) {
+            float sk[TQ_ATTN_TILE], sb[TQ_ATTN_TILE];
+            attn_dots(a->q[r], kt, (size_t)dk * sizeof(float), nt, dk, sk);
+            if (a->kb) attn_dots(a->qb[r], (const float *)((const char *)a->kb + (size_t)j0 * a->kb_stride), a->kb_stride, nt, a->nb, sb);
             float mt = -INFINITY;
             for (int j = 0; j < nt; j++) {
                 if (mv[r][j] == -INFINITY) {
                     p[r][j] = -INFINITY;
                     continue;
                 }
-                float s = attn_dot(a->q[r], kt + j * dk, dk) * a->scale;
+                float s = sk[j] * a->scale;
                 if (a->softcap != 0.0f) s = a->softcap * tanhf(s);
-                if (a->kb) s += attn_dot(a->qb[r], (const float *)((const char *)a->kb + (size_t)(j0 + j) * a->kb_stride), a->nb);
+                if (a->kb) s += sb[j];
                 s += mv[r][j];
                 p[r][j] = s;
                 if (s > mt) mt = s;

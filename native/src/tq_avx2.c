@@ -337,6 +337,28 @@ static inline float attn_dot(const float *a, const float *b, int n) {
     return hsum(_mm256_add_ps(s0, s1));
 }
 
+/* 8 keys at once: one accumulator per key, the 8 sums reduced side by side (hadd twice, then the
+ * two 128-bit halves), in place of 8 separate horizontal reductions. Rows past nt read the group's
+ * first row again and are not used. */
+#define TQ_ATTN_HAVE_DOTS 1
+static inline void attn_dots(const float *a, const float *rows, size_t stride, int nt, int n, float *out) {
+    for (int j0 = 0; j0 < nt; j0 += 8) {
+        __m256 s[8];
+        const float *r[8];
+        for (int j = 0; j < 8; j++) {
+            s[j] = _mm256_setzero_ps();
+            r[j] = (const float *)((const char *)rows + (size_t)(j0 + j < nt ? j0 + j : j0) * stride);
+        }
+        for (int i = 0; i < n; i += 8) {
+            const __m256 q = _mm256_loadu_ps(a + i);
+            for (int j = 0; j < 8; j++) s[j] = _mm256_fmadd_ps(q, _mm256_loadu_ps(r[j] + i), s[j]);
+        }
+        const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+        const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+        _mm256_storeu_ps(out + j0, _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31)));
+    }
+}
+
 static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
     for (int i = 0; i < n; i += 32) {
         __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);

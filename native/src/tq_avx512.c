@@ -338,6 +338,37 @@ static inline float attn_dot(const float *a, const float *b, int n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
+/* 16 keys at once: one accumulator per key, then the 16 sums reduced side by side (pairs of
+ * vectors interleaved and added: 16 -> 8 -> 4 -> 2 -> 1 vector), 45 shuffles and adds in place of
+ * 16 separate horizontal reductions. Rows past nt read row 0 again and are not stored. */
+#define TQ_ATTN_HAVE_DOTS 1
+static inline void attn_dots(const float *a, const float *rows, size_t stride, int nt, int n, float *out) {
+    __m512 s[16], t[8], u[4], v[2];
+    const float *r[16];
+    for (int j = 0; j < 16; j++) {
+        s[j] = _mm512_setzero_ps();
+        r[j] = (const float *)((const char *)rows + (size_t)(j < nt ? j : 0) * stride);
+    }
+    for (int i = 0; i < n; i += 16) {
+        const __m512 q = _mm512_loadu_ps(a + i);
+        for (int j = 0; j < 16; j++) s[j] = _mm512_fmadd_ps(q, _mm512_loadu_ps(r[j] + i), s[j]);
+    }
+    /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+    for (int j = 0; j < 8; j++)
+        t[j] = _mm512_add_ps(_mm512_unpacklo_ps(s[2 * j], s[2 * j + 1]), _mm512_unpackhi_ps(s[2 * j], s[2 * j + 1]));
+    /* per 128-bit lane: the lane's sums of 4 keys */
+    for (int j = 0; j < 4; j++)
+        u[j] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * j], t[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t[2 * j], t[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* the 4 lanes added: two lanes of each vector, then the other two */
+    for (int j = 0; j < 2; j++)
+        v[j] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 w = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(out, w);
+}
+
 static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
     for (int i = 0; i < n; i += TQ_BLOCK) {
         __m512 a0 = _mm512_loadu_ps(acc + i), a1 = _mm512_loadu_ps(acc + i + 16);
