@@ -50,9 +50,6 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
     const int dmax = dk > dv ? dk : dv;
     const int tile = dmax <= 128 ? TQ_ATTN_TILE : TQ_ATTN_TILE * 128 / dmax;
     const char *k = (const char *)a->k, *v = (const char *)a->v;
-    /* the tile's scores are summed for every key, decoded or not (a key no row attends to is
-     * not): rows never written hold zeros, not whatever the stack held */
-    memset(kt, 0, sizeof kt);
 
     for (int64_t j0 = 0; j0 < a->n_kv; j0 += tile) {
         const int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
@@ -71,7 +68,10 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
         }
         for (int j = 0; j < nt; j++) {
             any |= live[j];
+            /* a key no row attends to is not decoded, but the tile's scores are summed for every
+             * key: its row holds zeros, not whatever the stack held */
             if (live[j]) attn_decode(a->k_type, k + (size_t)(j0 + j) * a->k_stride, kt + j * dk, dk);
+            else memset(kt + j * dk, 0, sizeof(float) * dk);
         }
         if (!any) continue;
 
