@@ -266,42 +266,48 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return hsum(acc);
 }
 
-/* ---- the trellis-coded types (tq-math.h): the encoder of tq_tcq_x86.h; the decoder builds each
- * value's index 4 * level + subset, 8 values at a time, then looks it up in the (b+1)-bit codebook ---- */
+/* ---- the trellis-coded types (tq-math.h): the encoder of tq_tcq_x86.h; the decoder builds the
+ * 64 indices 4 * level + subset as bytes, 32 per register (as unpack does for tq3), then looks them
+ * up in the (b+1)-bit codebook 8 at a time, as tq4's ---- */
 
 #include "tq_tcq_x86.h"
 
-/* lanes i of bits 8g+i of w, as `one` where set */
-static inline __m256i tcq_bits8(uint64_t w, int g, int one) {
-    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)((w >> (8 * g)) & 0xff)), sel);
-    return _mm256_and_si256(_mm256_cmpeq_epi32(b, sel), _mm256_set1_epi32(one));
+/* bit j of w (j = 0..63) as `one` in byte j of c[0] (j < 32) or c[1] (j - 32), the order unpack
+ * gives: byte j takes byte j / 8 of w (a shuffle within each 128-bit lane of the broadcast word),
+ * then bit j % 8 of it */
+static inline void tcq_spread64(uint64_t w, __m256i one, __m256i c[2]) {
+    const __m256i v = _mm256_set1_epi64x((long long)w);
+    const __m256i s0 = _mm256_setr_epi64x(0, 0x0101010101010101ll, 0x0202020202020202ll, 0x0303030303030303ll);
+    const __m256i s1 = _mm256_add_epi8(s0, _mm256_set1_epi8(4));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
+    const __m256i a = _mm256_and_si256(_mm256_shuffle_epi8(v, s0), bit);
+    const __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(v, s1), bit);
+    c[0] = _mm256_and_si256(_mm256_cmpeq_epi8(a, bit), one);
+    c[1] = _mm256_and_si256(_mm256_cmpeq_epi8(b, bit), one);
 }
 
-/* the codebook index of values 8g..8g+7: the level bits from tq3t's 2-bit plane qs (value j in byte
- * j % 16, bits 2 * (j / 16)) or tq2t's level word l, then the subset bits */
-static inline __m256i tcq_index8(const uint8_t *qs, uint64_t l, uint64_t z1, uint64_t z0, int g) {
-    __m256i base;
-    if (qs) {
-        const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * (g & 1))));
-        base = _mm256_slli_epi32(_mm256_and_si256(_mm256_srl_epi32(a, _mm_cvtsi32_si128(2 * (g >> 1))),
-                                                  _mm256_set1_epi32(3)), 2);
-    } else {
-        base = tcq_bits8(l, g, 4);
-    }
-    return _mm256_or_si256(base, _mm256_or_si256(tcq_bits8(z1, g, 2), tcq_bits8(z0, g, 1)));
-}
-
-/* qs: tq3t's level plane, or NULL and tq2t's level word l */
+/* qs: tq3t's level plane (value j in byte j % 16, bits 2 * (j / 16)), or NULL and tq2t's level word
+ * l (bit j = value j's level) */
 static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, const uint8_t *qu, tq_half dh,
                                      float *out) {
     __m256 t_lo, t_hi;
     tables(bits + 1, &t_lo, &t_hi);
     uint64_t z1, z0;
     tq_tcq_subset_words(tq_load_word(qu), &z1, &z0);
+    __m256i c[2], s1[2], s0[2];
+    if (qs) {
+        unpack(2, qs, NULL, c);
+        c[0] = _mm256_slli_epi16(c[0], 2); /* levels 0..3: no carry across bytes */
+        c[1] = _mm256_slli_epi16(c[1], 2);
+    } else {
+        tcq_spread64(l, _mm256_set1_epi8(4), c);
+    }
+    tcq_spread64(z1, _mm256_set1_epi8(2), s1);
+    tcq_spread64(z0, _mm256_set1_epi8(1), s0);
+    for (int h = 0; h < 2; h++) c[h] = _mm256_or_si256(c[h], _mm256_or_si256(s1[h], s0[h]));
     const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
     for (int g = 0; g < 8; g++)
-        _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits + 1, tcq_index8(qs, l, z1, z0, g), t_lo, t_hi)));
+        _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits + 1, widen(c, g), t_lo, t_hi)));
 }
 
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
