@@ -394,6 +394,55 @@ struct stats_graph {
 
 namespace {
 
+// The rows [r0, r1) of thread ith of nth among `rows`
+static void tq_thread_rows(int64_t rows, int ith, int nth, int64_t * r0, int64_t * r1) {
+    *r0 = rows*ith/nth;
+    *r1 = rows*(ith + 1)/nth;
+}
+
+// dst = k - R(p) m (pair_ops::sub_turned): pair (x, y) of token t with c, s = cos, sin of p theta
+// from the table's planes: x - (mx c - my s), y - (my c + mx s)
+template <bool neox>
+static void tq_pairs_sub_turned(ggml_tensor * dst, const ggml_tensor * k, const ggml_tensor * m, const ggml_tensor * tab,
+                                int ith, int nth, void *) {
+    const int64_t n = k->ne[0], h = k->ne[1], half = n/2;
+    int64_t r0, r1;
+    tq_thread_rows(h*k->ne[2], ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t ih = r % h, it = r / h;
+        const float * kr = (const float *) ((const char *) k->data + ih*k->nb[1] + it*k->nb[2]);
+        const float * mr = (const float *) ((const char *) m->data + ih*m->nb[1]);
+        const float * cs = (const float *) ((const char *) tab->data + it*tab->nb[1]);
+        const float * sn = (const float *) ((const char *) tab->data + it*tab->nb[1] + tab->nb[2]);
+        float * out = (float *) ((char *) dst->data + ih*dst->nb[1] + it*dst->nb[2]);
+        for (int64_t j = 0; j < half; ++j) {
+            const int64_t x = neox ? j : 2*j, y = neox ? j + half : 2*j + 1;
+            const float c = cs[x], s = sn[x];
+            out[x] = kr[x] - (mr[x]*c + (-mr[y])*s);
+            out[y] = kr[y] - (mr[y]*c + mr[x]*s);
+        }
+    }
+}
+
+// dst = the query term of q (pair_ops::query_term)
+template <bool neox>
+static void tq_pairs_query_term(ggml_tensor * dst, const ggml_tensor * q, const ggml_tensor * m, int ith, int nth, void *) {
+    const int64_t n = q->ne[0], nh = q->ne[1], half = n/2, n_gqa = nh/m->ne[1];
+    int64_t r0, r1;
+    tq_thread_rows(nh*q->ne[2], ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t ih = r % nh, it = r / nh;
+        const float * qr = (const float *) ((const char *) q->data + ih*q->nb[1] + it*q->nb[2]);
+        const float * mr = (const float *) ((const char *) m->data + (ih/n_gqa)*m->nb[1]);
+        float * out = (float *) ((char *) dst->data + ih*dst->nb[1] + it*dst->nb[2]);
+        for (int64_t j = 0; j < half; ++j) {
+            const int64_t x = neox ? j : 2*j, y = neox ? j + half : 2*j + 1;
+            out[x] = qr[x]*mr[x] + qr[y]*mr[y];
+            out[y] = qr[y]*mr[x] - qr[x]*mr[y];
+        }
+    }
+}
+
 // The values of a head as RoPE pairs (x, y): x = 2j, y = 2j+1 (plain) or x = j, y = j + n/2 (NeoX).
 // With the tables' c = cos(p theta_j) and s = sin(p theta_j) on both values of a pair (Cc, Ss),
 // R(p) m = m Cc + J(m) Ss and R(p)^T k = k Cc - J(k) Ss, where J(x, y) = (-y, x).
@@ -416,36 +465,30 @@ struct pair_ops {
     ggml_tensor * J(ggml_tensor * t) const {
         return join(ggml_neg(ctx, half(t, true)), half(t, false), t);
     }
-    // [n, rows] with each pair's x value (y = false) or y value on both of its values
-    ggml_tensor * both(ggml_tensor * t, bool y) const {
-        ggml_tensor * h = half(t, y);
-        return join(h, h, t);
-    }
     // the tokens' table [n, n_tokens, 2] as Cc and Ss [n, 1, n_tokens]
     ggml_tensor * plane(ggml_tensor * tab, int i) const {
         return ggml_reshape_3d(ctx, ggml_view_2d(ctx, tab, n, tab->ne[1], tab->nb[1], i*tab->nb[2]), n, 1, tab->ne[1]);
-    }
-    // R(p) m for every token: m [n, h], like [n, h, n_tokens]
-    ggml_tensor * turn(ggml_tensor * m, ggml_tensor * tab, ggml_tensor * like) const {
-        ggml_tensor * m3 = ggml_reshape_3d(ctx, m, n, m->ne[1], 1);
-        ggml_tensor * a  = ggml_mul(ctx, ggml_repeat(ctx, m3, like), plane(tab, 0));
-        ggml_tensor * b  = ggml_mul(ctx, ggml_repeat(ctx, ggml_reshape_3d(ctx, J(m), n, m->ne[1], 1), like), plane(tab, 1));
-        return ggml_add(ctx, a, b);
     }
     // R(p)^T k of every token of k [n, h, n_tokens]
     ggml_tensor * unturn(ggml_tensor * k, ggml_tensor * tab) const {
         ggml_tensor * kc = ggml_is_contiguous(k) ? k : ggml_cont(ctx, k);
         return ggml_sub(ctx, ggml_mul(ctx, kc, plane(tab, 0)), ggml_mul(ctx, J(kc), plane(tab, 1)));
     }
+    // k - R(p) m for every token of k [n, h, n_tokens]; m [n, h]. One node where the same in ggml's
+    // element-wise ops takes ten (m and J(m) repeated over the tokens, times the planes, summed):
+    // a decode step runs it in every layer, and each node costs the threads a barrier
+    ggml_tensor * sub_turned(ggml_tensor * k, ggml_tensor * m, ggml_tensor * tab) const {
+        GGML_ASSERT(k->type == GGML_TYPE_F32 && k->ne[0] == n && k->ne[3] == 1 && tab->ne[1] == k->ne[2]);
+        GGML_ASSERT(m->type == GGML_TYPE_F32 && ggml_is_contiguous(m) && m->ne[0] == n && m->ne[1] == k->ne[1]);
+        return ggml_map_custom3(ctx, k, m, tab, neox ? tq_pairs_sub_turned<true> : tq_pairs_sub_turned<false>, GGML_N_TASKS_MAX, nullptr);
+    }
     // the queries' half of q.R(p) m: per pair a = qx mx + qy my on x and b = qy mx - qx my on y, so
     // that q.R(p) m = sum a cos + b sin, the cells' table's dot product. q [n, n_head, n_tokens]
-    // (query head h reads KV head h / (n_head / h_kv)), m [n, h_kv]
-    ggml_tensor * query_term(ggml_tensor * q, ggml_tensor * m, int64_t h_kv) const {
-        const int64_t n_gqa = q->ne[1]/h_kv;
-        ggml_tensor * q4 = ggml_reshape_4d(ctx, q, n, n_gqa, h_kv, ggml_nelements(q)/(n*q->ne[1]));
-        ggml_tensor * mx = ggml_reshape_4d(ctx, both(m, false), n, 1, h_kv, 1);
-        ggml_tensor * my = ggml_reshape_4d(ctx, both(m, true),  n, 1, h_kv, 1);
-        return ggml_sub(ctx, ggml_mul(ctx, q4, mx), ggml_mul(ctx, J(q4), my));
+    // (query head h reads KV head h / (n_head / h_kv)), m [n, h_kv]; one node, as sub_turned
+    ggml_tensor * query_term(ggml_tensor * q, ggml_tensor * m) const {
+        GGML_ASSERT(q->type == GGML_TYPE_F32 && q->ne[0] == n && q->ne[3] == 1 && q->ne[1] % m->ne[1] == 0);
+        GGML_ASSERT(m->type == GGML_TYPE_F32 && ggml_is_contiguous(m) && m->ne[0] == n);
+        return ggml_map_custom2(ctx, q, m, neox ? tq_pairs_query_term<true> : tq_pairs_query_term<false>, GGML_N_TASKS_MAX, nullptr);
     }
 };
 
@@ -838,11 +881,11 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
             mean0 = tq_center_token_mean(ctx, po.unturn(cur, rope_tokens), n_seq_tokens);
             ggml_build_forward_expand(gf, ggml_cpy(ctx, mean0, l->mean_k0));
         }
-        cur = ggml_sub(ctx, cur, po.turn(mean0, rope_tokens, cur));
+        cur = po.sub_turned(cur, mean0, rope_tokens);
         if (kbias) {
             GGML_ASSERT(q && *q && (*q)->ne[0] == n_embd_head && (*q)->ne[1] % n_head_kv == 0);
             ggml_tensor * qc = ggml_is_contiguous(*q) ? *q : ggml_cont(ctx, *q);
-            kbias->qb = ggml_reshape_3d(ctx, po.query_term(qc, mean0, n_head_kv), n_embd_head, (*q)->ne[1], ggml_nelements(qc)/(n_embd_head*(*q)->ne[1]));
+            kbias->qb = ggml_reshape_3d(ctx, po.query_term(qc, mean0), n_embd_head, (*q)->ne[1], ggml_nelements(qc)/(n_embd_head*(*q)->ne[1]));
             kbias->kb = rope_cells;
         }
     }
