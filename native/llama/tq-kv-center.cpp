@@ -400,11 +400,13 @@ static void tq_thread_rows(int64_t rows, int ith, int nth, int64_t * r0, int64_t
     *r1 = rows*(ith + 1)/nth;
 }
 
-// dst = k - R(p) m (pair_ops::sub_turned): pair (x, y) of token t with c, s = cos, sin of p theta
-// from the table's planes: x - (mx c - my s), y - (my c + mx s)
+// dst = (k - R(p) m0 - mu) * sc (pair_ops::sub_turned; src: k, m0, the tokens' table, and optionally
+// mu and sc): pair (x, y) of token t with c, s = cos, sin of p theta from the table's planes takes
+// x - (m0x c - m0y s) and y - (m0y c + m0x s), in the order of the element-wise graph it replaces
 template <bool neox>
-static void tq_pairs_sub_turned(ggml_tensor * dst, const ggml_tensor * k, const ggml_tensor * m, const ggml_tensor * tab,
-                                int ith, int nth, void *) {
+static void tq_pairs_sub_turned(ggml_tensor * dst, int ith, int nth, void *) {
+    const ggml_tensor * k = dst->src[0], * m = dst->src[1], * tab = dst->src[2];
+    const ggml_tensor * mu = dst->src[3], * sc = dst->src[4];
     const int64_t n = k->ne[0], h = k->ne[1], half = n/2;
     int64_t r0, r1;
     tq_thread_rows(h*k->ne[2], ith, nth, &r0, &r1);
@@ -420,6 +422,18 @@ static void tq_pairs_sub_turned(ggml_tensor * dst, const ggml_tensor * k, const 
             const float c = cs[x], s = sn[x];
             out[x] = kr[x] - (mr[x]*c + (-mr[y])*s);
             out[y] = kr[y] - (mr[y]*c + mr[x]*s);
+        }
+        if (mu) {
+            const float * u = (const float *) ((const char *) mu->data + ih*mu->nb[1]);
+            for (int64_t i = 0; i < n; ++i) {
+                out[i] -= u[i];
+            }
+        }
+        if (sc) {
+            const float * v = (const float *) ((const char *) sc->data + ih*sc->nb[1]);
+            for (int64_t i = 0; i < n; ++i) {
+                out[i] *= v[i];
+            }
         }
     }
 }
@@ -474,13 +488,19 @@ struct pair_ops {
         ggml_tensor * kc = ggml_is_contiguous(k) ? k : ggml_cont(ctx, k);
         return ggml_sub(ctx, ggml_mul(ctx, kc, plane(tab, 0)), ggml_mul(ctx, J(kc), plane(tab, 1)));
     }
-    // k - R(p) m for every token of k [n, h, n_tokens]; m [n, h]. One node where the same in ggml's
-    // element-wise ops takes ten (m and J(m) repeated over the tokens, times the planes, summed):
-    // a decode step runs it in every layer, and each node costs the threads a barrier
-    ggml_tensor * sub_turned(ggml_tensor * k, ggml_tensor * m, ggml_tensor * tab) const {
+    // (k - R(p) m0 - mu) * sc for every token of k [n, h, n_tokens]; m0, mu, sc [n, h], mu and sc
+    // optional. One node where ggml's element-wise ops take twelve (m0 and J(m0) repeated over the
+    // tokens, times the planes, summed, subtracted; then mu and sc): a decode step runs it in every
+    // layer, and each node costs the threads a barrier
+    ggml_tensor * sub_turned(ggml_tensor * k, ggml_tensor * m0, ggml_tensor * tab, ggml_tensor * mu, ggml_tensor * sc) const {
         GGML_ASSERT(k->type == GGML_TYPE_F32 && k->ne[0] == n && k->ne[3] == 1 && tab->ne[1] == k->ne[2]);
-        GGML_ASSERT(m->type == GGML_TYPE_F32 && ggml_is_contiguous(m) && m->ne[0] == n && m->ne[1] == k->ne[1]);
-        return ggml_map_custom3(ctx, k, m, tab, neox ? tq_pairs_sub_turned<true> : tq_pairs_sub_turned<false>, GGML_N_TASKS_MAX, nullptr);
+        for (const ggml_tensor * t : { m0, mu, sc }) {
+            GGML_ASSERT(!t || (t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && t->ne[0] == n && t->ne[1] == k->ne[1]));
+        }
+        GGML_ASSERT(mu || !sc);
+        ggml_tensor * args[5] = { k, m0, tab, mu, sc };
+        return ggml_custom_4d(ctx, GGML_TYPE_F32, n, k->ne[1], k->ne[2], 1, args, mu ? (sc ? 5 : 4) : 3,
+                              neox ? tq_pairs_sub_turned<true> : tq_pairs_sub_turned<false>, GGML_N_TASKS_MAX, nullptr);
     }
     // the queries' half of q.R(p) m: per pair a = qx mx + qy my on x and b = qy mx - qx my on y, so
     // that q.R(p) m = sum a cos + b sin, the cells' table's dot product. q [n, n_head, n_tokens]
@@ -875,13 +895,15 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
     // comes back in attention (tq_key_bias)
     ggml_tensor * mean0 = is_k && l->mean_k0 && rope_cells && rope_tokens ? l->mean_k0 : nullptr;
     GGML_ASSERT(!(is_k && l->mean_k0) || mean0 || !cur); // a graph without the tables would lose the offset
+    // after the first ubatch the stored key is one node: the mean after RoPE and the scale join
+    const bool fused = mean0 && !init;
     if (mean0) {
         const pair_ops po = { ctx, n_embd_head, rope_neox };
         if (init) {
             mean0 = tq_center_token_mean(ctx, po.unturn(cur, rope_tokens), n_seq_tokens);
             ggml_build_forward_expand(gf, ggml_cpy(ctx, mean0, l->mean_k0));
         }
-        cur = po.sub_turned(cur, mean0, rope_tokens);
+        cur = po.sub_turned(cur, mean0, rope_tokens, fused ? ctr : nullptr, fused ? scl : nullptr);
         if (kbias) {
             GGML_ASSERT(q && *q && (*q)->ne[0] == n_embd_head && (*q)->ne[1] % n_head_kv == 0);
             ggml_tensor * qc = ggml_is_contiguous(*q) ? *q : ggml_cont(ctx, *q);
@@ -917,9 +939,9 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
     if (mean_out) {
         *mean_out = mean;
     }
-    ggml_tensor * res = cur ? ggml_sub(ctx, cur, ggml_reshape_3d(ctx, mean, n_embd_head, n_head_kv, 1)) : nullptr;
+    ggml_tensor * res = !cur || fused ? cur : ggml_sub(ctx, cur, ggml_reshape_3d(ctx, mean, n_embd_head, n_head_kv, 1));
     if (scale) {
-        if (res) {
+        if (res && !fused) {
             res = ggml_mul(ctx, res, ggml_reshape_3d(ctx, scale, n_embd_head, n_head_kv, 1));
         }
         q4 = ggml_div(ctx, q4, ggml_reshape_4d(ctx, scale, n_embd_head, 1, n_head_kv, 1));
