@@ -16,12 +16,13 @@ ISAS = native.isa_available()
 
 def _reference(q, kd, vd, mask, slope, scale, softcap, bias=None):
     """M, S, acc of ggml's loop in float64 over decoded rows; mask rows in float (-inf skips);
-    bias: the per-key score term (qb, kb) of keys centred before RoPE"""
-    s = (q.astype(np.float64) @ kd.T.astype(np.float64)) * scale
-    if softcap:
-        s = softcap * np.tanh(s)
+    bias: the part (qb, kb) of q.k that keys centred before RoPE do not hold"""
+    s = q.astype(np.float64) @ kd.T.astype(np.float64)
     if bias is not None:
         s = s + bias[0].astype(np.float64) @ bias[1].T.astype(np.float64)
+    s = s * scale
+    if softcap:
+        s = softcap * np.tanh(s)
     s = s + slope[:, None] * mask
     M = s.max(axis=1)
     w = np.where(np.isneginf(s), 0.0, np.exp(s - np.where(np.isneginf(M), 0, M)[:, None]))
@@ -113,19 +114,21 @@ def test_softcap_slope_and_no_mask(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("nr,d,nb,n_kv,stride", [(1, 64, 64, 40, 64), (5, 128, 128, 33, 160), (16, 64, 32, 17, 32)])
-def test_key_bias_matches_numpy(isa, nr, d, nb, n_kv, stride):
-    """The per-key score term <qb[r], kb[j]> (keys centred before RoPE) lands after the scale and
-    before the mask; kb's rows lie `stride` floats apart."""
+@pytest.mark.parametrize("nr,d,nb,n_kv,stride,softcap", [(1, 64, 64, 40, 64, 0.0), (5, 128, 128, 33, 160, 0.0),
+                                                         (16, 64, 32, 17, 32, 0.0), (5, 128, 128, 33, 128, 3.0)])
+def test_key_bias_matches_numpy(isa, nr, d, nb, n_kv, stride, softcap):
+    """The per-key term <qb[r], kb[j]> (keys centred before RoPE) joins q.k before the scale and
+    the soft-cap, as the part of the key the cache does not hold; kb's rows lie `stride` floats
+    apart."""
     rng = np.random.default_rng(nr * 100 + d + nb)
     q, kc, vc, mask = _case(rng, "tq3t", "tq3", nr, d, n_kv)
     mask[:, 0] = 0
     qb = rng.standard_normal((nr, nb)).astype(F)
     kb = np.zeros((n_kv, stride), F)[:, :nb]
     kb[:] = 2 * rng.standard_normal((n_kv, nb))
-    call = Call(q, kc, vc, "tq3t", "tq3", mask, bias=(qb, kb))
-    _check(call, "tq3t", "tq3", isa)
-    plain = Call(q, kc, vc, "tq3t", "tq3", mask).run(isa)
+    call = Call(q, kc, vc, "tq3t", "tq3", mask, softcap=softcap, bias=(qb, kb))
+    _check(call, "tq3t", "tq3", isa, softcap=softcap)
+    plain = Call(q, kc, vc, "tq3t", "tq3", mask, softcap=softcap).run(isa)
     assert np.abs(call.M - plain[0]).max() > 0.5  # the term is there, not ignored
 
 

@@ -44,7 +44,7 @@ TQ_GGML_DECLARE(tq3t)
 /* Flash attention over tq K and V rows for a few query rows that share them (decode and small
  * batches; ggml-cpu's one-chunk path): the codes are decoded once per key for every row, with an
  * online softmax per row. For key j (0 <= j < n_kv) and row r:
- *   s = scale * <q[r], k_j>; s = softcap * tanh(s) if softcap != 0; s += <qb[r], kb_j> if kb;
+ *   s = scale * (<q[r], k_j> + <qb[r], kb_j> if kb); s = softcap * tanh(s) if softcap != 0;
  *   s += slope[r] * mask[r][j]
  * (mask fp16, NULL for none; a key at -inf is skipped), then M[r], S[r] and acc[r] are updated
  * as ggml's loop does: acc[r] = sum_j exp(s_j - M[r]) * v_j, S[r] = sum_j exp(s_j - M[r]).
@@ -65,7 +65,7 @@ typedef struct {
     float scale, softcap;
     float *M, *S;                 /* [n_rows] */
     float *acc;                   /* [n_rows][dv] */
-    /* a term per key that the K rows do not hold (keys centred before RoPE: the mean turned to
+    /* the part of <q, key> that the K rows do not hold (keys centred before RoPE: the mean turned to
      * each key's position, tq-kv-center.h), or kb NULL: nb floats per row and per key, nb a
      * multiple of 32 */
     const float *qb[TQ_ATTN_MAX_ROWS];

@@ -543,9 +543,7 @@ void tq_center_add_key_bias(ggml_context * ctx, ggml_tensor * fa, const tq_key_b
     }
     const ggml_tensor * q = fa->src[0]; // [n, n_tokens per stream, n_head, n_stream]
     const ggml_tensor * k = fa->src[1]; // [n, n_kv, n_head_kv, n_stream]
-    float scale;
-    memcpy(&scale, fa->op_params, sizeof(float));
-    ggml_tensor * qb = ggml_scale(ctx, kb.qb, scale); // [n, n_head, n_tokens], tokens stream by stream
+    ggml_tensor * qb = kb.qb; // [n, n_head, n_tokens], tokens stream by stream
     qb = ggml_view_4d(ctx, qb, q->ne[0], q->ne[2], q->ne[1], q->ne[3], qb->nb[1], qb->nb[2], qb->nb[2]*q->ne[1], 0);
     qb = ggml_permute(ctx, qb, 0, 2, 1, 3);
     GGML_ASSERT(kb.kb->ne[1] == k->ne[1]*k->ne[3]);

@@ -95,7 +95,7 @@ ggml_tensor * tq_center_sink_mean(ggml_context * ctx, ggml_tensor * x, ggml_tens
 
 // Keys centred before RoPE: a key's offset mu0 (the mean of the keys before RoPE) is turned by
 // RoPE with the key, so the cache stores k - R(p) mu0 (and then centres and scales as above), and
-// attention adds each key's q.R(p) mu0 back as a score term of flash attention
+// attention adds each key's q.R(p) mu0 back to q.k (before the scale) in flash attention
 // (ggml_flash_attn_ext_add_key_bias): qb [n_embd_head, n_head, n_tokens] from the queries and mu0,
 // kb the cells' RoPE table. R is the table's: the cache's own cos/sin per pair (the model's base
 // and scale), so that what is subtracted and what is added back agree exactly whatever the model's

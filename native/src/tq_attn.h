@@ -85,9 +85,8 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
                     p[r][j] = -INFINITY;
                     continue;
                 }
-                float s = sk[j] * a->scale;
+                float s = (a->kb ? sk[j] + sb[j] : sk[j]) * a->scale;
                 if (a->softcap != 0.0f) s = a->softcap * tanhf(s);
-                if (a->kb) s += sb[j];
                 s += mv[r][j];
                 p[r][j] = s;
                 if (s > mt) mt = s;
