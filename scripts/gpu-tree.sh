@@ -5,12 +5,13 @@
 # (except the Llama-3 vocab the synthetic benchmark model borrows), the web UI, examples and the
 # backends other than CPU, CUDA and RPC. Written to .tqdev/llama.cpp (ignored via .git/info/exclude).
 #   scripts/gpu-tree.sh [SDIST_OR_UNPACKED_VENDOR_DIR]
-# default source: ~/.cache/tq-llamacpp/llama_cpp_python-<version>.tar.gz (the one CMake fetches)
+# default source: $TQ_CACHE_DIR (~/.cache/tq-llamacpp)/llama_cpp_python-<version>.tar.gz (the one CMake fetches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 series=patches/series
 sdist=$(sed -n 's/^# sdist: *//p' $series)
-src=${1:-$HOME/.cache/tq-llamacpp/$sdist}
+cache=${TQ_CACHE_DIR:-$HOME/.cache/tq-llamacpp}
+src=${1:-$cache/$sdist}
 out=.tqdev/llama.cpp
 rm -rf "$out" .tqdev/unpack
 mkdir -p .tqdev/unpack
@@ -46,7 +47,8 @@ rm -rf .tqdev/whl .tqdev/site
 mkdir -p .tqdev/whl .tqdev/site
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .tqdev/whl cffi==2.0.0 pycparser diskcache==5.6.3
-sdist_file=$HOME/.cache/tq-llamacpp/$sdist
+sdist_file=$src
+[ -f "$sdist_file" ] || sdist_file=$cache/$sdist
 echo "$(sed -n 's/^# sha256: *//p' $series)  $sdist_file" | sha256sum -c --quiet
 tar -xzf "$sdist_file" -C .tqdev/site --strip-components=1 "${sdist%.tar.gz}/llama_cpp"
 du -sh .tqdev
