@@ -13,6 +13,8 @@
  *   attn_accum(acc, p, rows, nt, n)      acc[i] += sum_j<nt p[j] * rows[j * n + i], skipping every
  *                                        j with p[j] == 0 (a masked key: its row may not be decoded)
  *   attn_scale(acc, s, n)                acc[i] *= s
+ *   attn_exp(p, nt, m)                   (optional, TQ_ATTN_HAVE_EXP) p[j] = exp(p[j] - m) for j < nt,
+ *                                        0 for a key at -inf, NaN for a NaN score; returns their sum
  * Keys go TQ_ATTN_TILE at a time: the tile's K rows are decoded once and scored by every query
  * row, each row's softmax weights found with one rescale per tile (not one per key), then the
  * tile's V rows decoded once and accumulated into every row. A key that every row masks out
@@ -23,6 +25,19 @@
 #ifndef TQ_ATTN_HAVE_DOTS
 static inline void attn_dots(const float *a, const float *rows, size_t stride, int nt, int n, float *out) {
     for (int j = 0; j < nt; j++) out[j] = attn_dot(a, (const float *)((const char *)rows + (size_t)j * stride), n);
+}
+#endif
+
+#ifndef TQ_ATTN_HAVE_EXP
+static inline float attn_exp(float *p, int nt, float m) {
+    float sum = 0.0f;
+    for (int j = 0; j < nt; j++) {
+        /* a masked key weighs 0 (exp(-inf)); a NaN score stays NaN, as in ggml's loop */
+        const float e = p[j] == -INFINITY ? 0.0f : expf(p[j] - m);
+        p[j] = e;
+        sum += e;
+    }
+    return sum;
 }
 #endif
 
@@ -99,14 +114,7 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
                 }
                 a->M[r] = mt;
             }
-            float sum = 0.0f;
-            for (int j = 0; j < nt; j++) {
-                /* a masked key weighs 0 (exp(-inf)); a NaN score stays NaN, as in ggml's loop */
-                const float e = p[r][j] == -INFINITY ? 0.0f : expf(p[r][j] - a->M[r]);
-                p[r][j] = e;
-                sum += e;
-            }
-            a->S[r] += sum;
+            a->S[r] += attn_exp(p[r], nt, a->M[r]);
         }
 
         for (int j = 0; j < nt; j++)

@@ -390,6 +390,8 @@ static inline void attn_scale(float *acc, float s, int n) {
     for (int i = 0; i < n; i += 8) _mm256_storeu_ps(acc + i, _mm256_mul_ps(m, _mm256_loadu_ps(acc + i)));
 }
 
+#include "tq_exp_x86.h"
+
 #define TQ_ATTN_OWN_DECODERS 1
 #define TQ_ATTN_NAME attn_avx2
 #include "tq_attn.h"

@@ -394,6 +394,8 @@ static inline void attn_scale(float *acc, float s, int n) {
     for (int i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_mul_ps(m, _mm512_loadu_ps(acc + i)));
 }
 
+#include "tq_exp_x86.h"
+
 #define TQ_ATTN_OWN_DECODERS 1
 #define TQ_ATTN_NAME attn_avx512
 #include "tq_attn.h"

@@ -1,0 +1,49 @@
+/* The attention loop's softmax weights on x86 (attn_exp of tq_attn.h), 8 keys per ymm, shared by
+ * the AVX2 and the AVX-512 file (each compiles it with its own flags; a tile's 16 keys are two
+ * ymm). */
+
+/* exp(x) for x <= 0 (x - the row's maximum): Cephes' expf, n = round(x log2 e), the remainder in
+ * two parts of ln 2, a degree-6 polynomial, 2^n into the exponent; below -87.3 (where 2^n would
+ * leave the normal range) 0, a NaN stays NaN */
+static inline __m256 exp_nonpos(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 xc = _mm256_max_ps(x, lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), _mm256_cmp_ps(x, lo, _CMP_GE_OQ));
+    return _mm256_or_ps(y, _mm256_and_ps(x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+}
+
+/* 8 keys at a time (a tile of 16 in two); expf for the last keys of a partial tile */
+#define TQ_ATTN_HAVE_EXP 1
+static inline float attn_exp(float *p, int nt, float m) {
+    const __m256 mv = _mm256_set1_ps(m), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 s = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= nt; j += 8) {
+        const __m256 x = _mm256_loadu_ps(p + j);
+        const __m256 e = _mm256_and_ps(exp_nonpos(_mm256_sub_ps(x, mv)), _mm256_cmp_ps(x, ninf, _CMP_NEQ_UQ));
+        _mm256_storeu_ps(p + j, e);
+        s = _mm256_add_ps(s, e);
+    }
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+    for (; j < nt; j++) {
+        const float e = p[j] == -INFINITY ? 0.0f : expf(p[j] - m);
+        p[j] = e;
+        sum += e;
+    }
+    return sum;
+}
+
