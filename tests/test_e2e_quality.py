@@ -82,16 +82,18 @@ def test_centring_holds_past_the_first_ubatch(results_4096):
 
 def test_keys_centred_before_rope(monkeypatch):
     """Centring keys before RoPE (rope=auto, the default on the CPU) against after it (rope=post),
-    tq3t/tq3t (2026-12-04): ctx 512, 3 chunks 0.0391 against 0.0434 (0.90x; 0.77x over 20 chunks);
-    ctx 4096, 1 chunk 0.0438 against 0.0800 (0.55x). The gain grows with the context: a mean after
-    RoPE cannot follow an offset that RoPE turns over the cache's positions."""
+    tq3t/tq3t (2026-12-04): ctx 512, 10 chunks 0.0427 against 0.0557 (0.77x); ctx 4096, 1 chunk
+    0.0460 against 0.0800 (0.57x). The gain grows with the context: a mean after RoPE cannot follow
+    an offset that RoPE turns over the cache's positions. Over 3 chunks at ctx 512 the ratio moved
+    between 0.90x and 0.97x with the order of the prompt path's sums alone (the codes of later
+    layers' keys flip with the rounding), too few tokens to rank the two."""
     from tq_llamacpp.compare import compare
 
     model, text = model_path("smollm2"), text_path("pride-and-prejudice")
-    pre = {c: compare(model, text, ["tq3t"], ctx=c, chunks=n)[0].kld_mean for c, n in ((512, 3), (4096, 1))}
+    pre = {c: compare(model, text, ["tq3t"], ctx=c, chunks=n)[0].kld_mean for c, n in ((512, 10), (4096, 1))}
     monkeypatch.setenv("LLAMA_KV_ROPE", "post")
-    post = {c: compare(model, text, ["tq3t"], ctx=c, chunks=n)[0].kld_mean for c, n in ((512, 3), (4096, 1))}
-    assert pre[512] < 0.96 * post[512], (pre, post)
+    post = {c: compare(model, text, ["tq3t"], ctx=c, chunks=n)[0].kld_mean for c, n in ((512, 10), (4096, 1))}
+    assert pre[512] < 0.9 * post[512], (pre, post)
     assert pre[4096] < 0.7 * post[4096], (pre, post)
 
 
