@@ -48,11 +48,13 @@ def test_tq4_beats_rotated_q4_0_with_fewer_bits(results):
 
 
 def test_trellis_code_beats_lloyd_max_at_the_same_bits(results):
-    """tq3t (trellis-coded) against tq3 (Lloyd-Max), both 3.25 bits: 3 chunks 0.0434 vs 0.0718 (0.60x);
-    and against rotated q4_0 (4.5 bits, 0.0590), which tq3t matches on this model (0.96x at 20 chunks)."""
+    """tq3t (trellis-coded) against tq3 (Lloyd-Max), both 3.25 bits, keys centred before RoPE: 3 chunks
+    0.0413 vs 0.0463 (0.89x; 0.71x over 20 chunks, docs/results.md); and against rotated q4_0 (4.5
+    bits, 0.0590). Three chunks move by about 5 % with the order of the prompt path's sums alone
+    (later layers' codes flip with the rounding), hence the loose bound."""
     tq3t, tq3, q4_0 = results["tq3t"], results["tq3"], results["q4_0"]
     assert tq3t.bits_per_value == tq3.bits_per_value == 3.25
-    assert tq3t.kld_mean < 0.85 * tq3.kld_mean
+    assert tq3t.kld_mean < 0.95 * tq3.kld_mean
     assert tq3t.kld_mean < 1.15 * q4_0.kld_mean
 
 
