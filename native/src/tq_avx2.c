@@ -45,6 +45,39 @@ static inline void tables(int bits, __m256 *t_lo, __m256 *t_hi) {
     }
 }
 
+/* Byte b of each centroid of the 4-, 3- and 2-bit codebooks (16, 8, 4 entries; tq3t and tq2t look
+ * their 3+1- and 2+1-bit indices up in the 4- and 3-bit ones), in both 128-bit lanes: lookup16
+ * finds 32 values with 4 in-lane byte shuffles where a float lookup takes 4 to 8 cross-lane
+ * permutes (and 4 blends for 16 entries). Filled by tq_kernels_avx2, before any kernel of this
+ * file can run. */
+static uint8_t planes4[4][32] __attribute__((aligned(32)));
+static uint8_t planes3[4][32] __attribute__((aligned(32)));
+static uint8_t planes2[4][32] __attribute__((aligned(32)));
+
+static void fill_planes(uint8_t planes[4][32], int bits) {
+    const uint8_t *cb = (const uint8_t *)tq_codebook_for(bits);
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 32; i++) planes[b][i] = cb[4 * (i % 16 % (1 << bits)) + b];
+}
+
+/* out[0..31] = d * the centroid that byte i of c indexes. The 4 shuffles give the centroids'
+ * bytes b in plane order; interleaving them (bytes, then pairs) yields the floats of bytes 0-3,
+ * 4-7, 8-11, 12-15 of each lane, so the dwords of c are first put in the order 0 2 4 6 | 1 3 5 7
+ * that makes those values 0-7, 8-15, 16-23, 24-31. */
+static inline void lookup16(uint8_t planes[4][32], __m256i c, __m256 d, float *out) {
+    c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    const __m256i b0 = _mm256_shuffle_epi8(_mm256_load_si256((const __m256i *)planes[0]), c);
+    const __m256i b1 = _mm256_shuffle_epi8(_mm256_load_si256((const __m256i *)planes[1]), c);
+    const __m256i b2 = _mm256_shuffle_epi8(_mm256_load_si256((const __m256i *)planes[2]), c);
+    const __m256i b3 = _mm256_shuffle_epi8(_mm256_load_si256((const __m256i *)planes[3]), c);
+    const __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
+    const __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
+    _mm256_storeu_ps(out, _mm256_mul_ps(d, _mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23))));
+    _mm256_storeu_ps(out + 8, _mm256_mul_ps(d, _mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23))));
+    _mm256_storeu_ps(out + 16, _mm256_mul_ps(d, _mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23))));
+    _mm256_storeu_ps(out + 24, _mm256_mul_ps(d, _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23))));
+}
+
 /* 64 codes as bytes: c[0] holds codes 0-31, c[1] codes 32-63. */
 static inline void unpack(int bits, const uint8_t *qs, const uint8_t *qh, __m256i c[2]) {
     if (bits == 4) {
@@ -212,24 +245,28 @@ static void quantize_tq4(const float *x, void *vy, size_t nb) {
 /* ---- dequantize and dot ---- */
 
 static inline void dequant_block(int bits, tq_half dh, const uint8_t *qs, const uint8_t *qh, float *out) {
-    __m256 t_lo, t_hi;
-    tables(bits, &t_lo, &t_hi);
     __m256i c[2];
     unpack(bits, qs, qh, c);
     const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
-    for (int g = 0; g < 8; g++) _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits, widen(c, g), t_lo, t_hi)));
+    uint8_t(*planes)[32] = bits == 4 ? planes4 : bits == 3 ? planes3 : planes2;
+    lookup16(planes, c[0], d, out);
+    lookup16(planes, c[1], d, out + 32);
 }
 
+/* d * sum q[i] * c[i]: the block's centroids decoded as dequantize does (lookup16, here times 1),
+ * the products summed in two chains, d applied once */
 static inline __m256 dot_block(int bits, tq_half dh, const uint8_t *qs, const uint8_t *qh, const float *q, __m256 acc) {
-    __m256 t_lo, t_hi;
-    tables(bits, &t_lo, &t_hi);
+    float x[TQ_BLOCK] __attribute__((aligned(32)));
+    uint8_t(*planes)[32] = bits == 4 ? planes4 : bits == 3 ? planes3 : planes2;
     __m256i c[2];
     unpack(bits, qs, qh, c);
-    __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(q), lookup(bits, widen(c, 0), t_lo, t_hi));
-    __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(q + 8), lookup(bits, widen(c, 1), t_lo, t_hi));
+    lookup16(planes, c[0], _mm256_set1_ps(1.0f), x);
+    lookup16(planes, c[1], _mm256_set1_ps(1.0f), x + 32);
+    __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_load_ps(x));
+    __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(q + 8), _mm256_load_ps(x + 8));
     for (int g = 2; g < 8; g += 2) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), lookup(bits, widen(c, g), t_lo, t_hi), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g + 8), lookup(bits, widen(c, g + 1), t_lo, t_hi), s1);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), _mm256_load_ps(x + 8 * g), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g + 8), _mm256_load_ps(x + 8 * g + 8), s1);
     }
     return _mm256_fmadd_ps(_mm256_set1_ps(tq_fp16_to_fp32(dh)), _mm256_add_ps(s0, s1), acc);
 }
@@ -268,7 +305,7 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
 
 /* ---- the trellis-coded types (tq-math.h): the encoder of tq_tcq_x86.h; the decoder builds the
  * 64 indices 4 * level + subset as bytes, 32 per register (as unpack does for tq3), then looks them
- * up in the (b+1)-bit codebook 8 at a time, as tq4's ---- */
+ * up in the (b+1)-bit codebook 32 at a time (lookup16), as tq3's and tq4's ---- */
 
 #include "tq_tcq_x86.h"
 
@@ -290,8 +327,6 @@ static inline void tcq_spread64(uint64_t w, __m256i one, __m256i c[2]) {
  * l (bit j = value j's level) */
 static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, const uint8_t *qu, tq_half dh,
                                      float *out) {
-    __m256 t_lo, t_hi;
-    tables(bits + 1, &t_lo, &t_hi);
     uint64_t z1, z0;
     tq_tcq_subset_words(tq_load_word(qu), &z1, &z0);
     __m256i c[2], s1[2], s0[2];
@@ -306,8 +341,8 @@ static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, co
     tcq_spread64(z0, _mm256_set1_epi8(1), s0);
     for (int h = 0; h < 2; h++) c[h] = _mm256_or_si256(c[h], _mm256_or_si256(s1[h], s0[h]));
     const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
-    for (int g = 0; g < 8; g++)
-        _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(d, lookup(bits + 1, widen(c, g), t_lo, t_hi)));
+    lookup16(bits == 3 ? planes4 : planes3, c[0], d, out);
+    lookup16(bits == 3 ? planes4 : planes3, c[1], d, out + 32);
 }
 
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
@@ -321,13 +356,16 @@ static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
 
 static inline float tcq_dot(int bits, const float *q, const void *vy, size_t nb) {
     float x[TQ_BLOCK] __attribute__((aligned(32)));
-    __m256 acc = _mm256_setzero_ps();
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {
         if (bits == 3) dequantize_tq3t((const block_tq3t *)vy + i, x, 1);
         else dequantize_tq2t((const block_tq2t *)vy + i, x, 1);
-        for (int g = 0; g < 8; g++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), _mm256_load_ps(x + 8 * g), acc);
+        for (int g = 0; g < 8; g += 2) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), _mm256_load_ps(x + 8 * g), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g + 8), _mm256_load_ps(x + 8 * g + 8), a1);
+        }
     }
-    return hsum(acc);
+    return hsum(_mm256_add_ps(a0, a1));
 }
 static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, q, vy, nb); }
 static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, q, vy, nb); }
@@ -397,6 +435,9 @@ static inline void attn_scale(float *acc, float s, int n) {
 #include "tq_attn.h"
 
 void tq_kernels_avx2(tq_kernels *k) {
+    fill_planes(planes4, 4);
+    fill_planes(planes3, 3);
+    fill_planes(planes2, 2);
     k->quantize[TQ_TYPE_TQ2] = quantize_tq2;
     k->quantize[TQ_TYPE_TQ3] = quantize_tq3;
     k->quantize[TQ_TYPE_TQ4] = quantize_tq4;
