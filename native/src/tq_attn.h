@@ -67,10 +67,10 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
     const char *k = (const char *)a->k, *v = (const char *)a->v;
 
     for (int64_t j0 = 0; j0 < a->n_kv; j0 += tile) {
-        const int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
+        int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
         /* mv[r][j]: row r's mask term for key j0 + j (rows of one query position share a mask
          * row: converted once); live[j]: some row attends to the key */
-        int live[TQ_ATTN_TILE] = {0}, any = 0;
+        int live[TQ_ATTN_TILE] = {0}, last = -1;
         for (int r = 0; r < nr; r++) {
             if (r > 0 && a->mask[r] == a->mask[r - 1] && a->slope[r] == a->slope[r - 1]) {
                 memcpy(mv[r], mv[r - 1], sizeof mv[r]);
@@ -81,14 +81,18 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
                 live[j] |= mv[r][j] != -INFINITY;
             }
         }
+        for (int j = 0; j < nt; j++)
+            if (live[j]) last = j;
+        /* the keys after the tile's last live one are left out (a cache's cells past the used ones
+         * are masked: most tiles of a short context); one no row attends to before it is not
+         * decoded, but the tile's scores are summed for every key: its row holds zeros, not
+         * whatever the stack held */
+        if (last < 0) continue;
+        nt = last + 1;
         for (int j = 0; j < nt; j++) {
-            any |= live[j];
-            /* a key no row attends to is not decoded, but the tile's scores are summed for every
-             * key: its row holds zeros, not whatever the stack held */
             if (live[j]) attn_decode(a->k_type, k + (size_t)(j0 + j) * a->k_stride, kt + j * dk, dk);
             else memset(kt + j * dk, 0, sizeof(float) * dk);
         }
-        if (!any) continue;
 
         for (int r = 0; r < nr; r++) {
             float sk[TQ_ATTN_TILE], sb[TQ_ATTN_TILE];
