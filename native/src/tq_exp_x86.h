@@ -24,26 +24,32 @@ static inline __m256 exp_nonpos(__m256 x) {
     return _mm256_or_ps(y, _mm256_and_ps(x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
 }
 
-/* 8 keys at a time (a tile of 16 in two); expf for the last keys of a partial tile */
+/* 8 keys at a time (a tile of 16 in two); a partial group padded with masked keys, so that every
+ * key's weight comes from the same polynomial wherever the tile ends */
 #define TQ_ATTN_HAVE_EXP 1
+static inline __m256 exp8(const float *p, __m256 m) {
+    const __m256 x = _mm256_loadu_ps(p);
+    return _mm256_and_ps(exp_nonpos(_mm256_sub_ps(x, m)), _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_UQ));
+}
+
 static inline float attn_exp(float *p, int nt, float m) {
-    const __m256 mv = _mm256_set1_ps(m), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 mv = _mm256_set1_ps(m);
     __m256 s = _mm256_setzero_ps();
     int j = 0;
     for (; j + 8 <= nt; j += 8) {
-        const __m256 x = _mm256_loadu_ps(p + j);
-        const __m256 e = _mm256_and_ps(exp_nonpos(_mm256_sub_ps(x, mv)), _mm256_cmp_ps(x, ninf, _CMP_NEQ_UQ));
+        const __m256 e = exp8(p + j, mv);
         _mm256_storeu_ps(p + j, e);
+        s = _mm256_add_ps(s, e);
+    }
+    if (j < nt) {
+        float t[8];
+        for (int i = 0; i < 8; i++) t[i] = j + i < nt ? p[j + i] : -INFINITY;
+        const __m256 e = exp8(t, mv);
+        _mm256_storeu_ps(t, e);
+        memcpy(p + j, t, sizeof(float) * (size_t)(nt - j));
         s = _mm256_add_ps(s, e);
     }
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-    for (; j < nt; j++) {
-        const float e = p[j] == -INFINITY ? 0.0f : expf(p[j] - m);
-        p[j] = e;
-        sum += e;
-    }
-    return sum;
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
-
