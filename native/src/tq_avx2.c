@@ -60,6 +60,10 @@ static void fill_planes(uint8_t planes[4][32], int bits) {
         for (int i = 0; i < 32; i++) planes[b][i] = cb[4 * (i % 16 % (1 << bits)) + b];
 }
 
+static inline uint8_t (*planes_for(int bits))[32] {
+    return bits == 4 ? planes4 : bits == 3 ? planes3 : planes2;
+}
+
 /* out[0..31] = d * the centroid that byte i of c indexes. The 4 shuffles give the centroids'
  * bytes b in plane order; interleaving them (bytes, then pairs) yields the floats of bytes 0-3,
  * 4-7, 8-11, 12-15 of each lane, so the dwords of c are first put in the order 0 2 4 6 | 1 3 5 7
@@ -102,13 +106,6 @@ static inline void unpack(int bits, const uint8_t *qs, const uint8_t *qh, __m256
         c[0] = _mm256_or_si256(c[0], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel0), sel0), four));
         c[1] = _mm256_or_si256(c[1], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel1), sel1), four));
     }
-}
-
-/* Byte j of a 16-byte group, widened to 8 int32 lanes: g = 0..7 selects bytes 8g..8g+7 of c. */
-static inline __m256i widen(const __m256i c[2], int g) {
-    __m128i half = (g & 2) ? _mm256_extracti128_si256(c[g >> 2], 1) : _mm256_castsi256_si128(c[g >> 2]);
-    if (g & 1) half = _mm_srli_si128(half, 8);
-    return _mm256_cvtepu8_epi32(half);
 }
 
 /* ---- quantize ---- */
@@ -248,20 +245,18 @@ static inline void dequant_block(int bits, tq_half dh, const uint8_t *qs, const 
     __m256i c[2];
     unpack(bits, qs, qh, c);
     const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
-    uint8_t(*planes)[32] = bits == 4 ? planes4 : bits == 3 ? planes3 : planes2;
-    lookup16(planes, c[0], d, out);
-    lookup16(planes, c[1], d, out + 32);
+    lookup16(planes_for(bits), c[0], d, out);
+    lookup16(planes_for(bits), c[1], d, out + 32);
 }
 
 /* d * sum q[i] * c[i]: the block's centroids decoded as dequantize does (lookup16, here times 1),
  * the products summed in two chains, d applied once */
 static inline __m256 dot_block(int bits, tq_half dh, const uint8_t *qs, const uint8_t *qh, const float *q, __m256 acc) {
     float x[TQ_BLOCK] __attribute__((aligned(32)));
-    uint8_t(*planes)[32] = bits == 4 ? planes4 : bits == 3 ? planes3 : planes2;
     __m256i c[2];
     unpack(bits, qs, qh, c);
-    lookup16(planes, c[0], _mm256_set1_ps(1.0f), x);
-    lookup16(planes, c[1], _mm256_set1_ps(1.0f), x + 32);
+    lookup16(planes_for(bits), c[0], _mm256_set1_ps(1.0f), x);
+    lookup16(planes_for(bits), c[1], _mm256_set1_ps(1.0f), x + 32);
     __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_load_ps(x));
     __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(q + 8), _mm256_load_ps(x + 8));
     for (int g = 2; g < 8; g += 2) {
@@ -341,8 +336,8 @@ static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, co
     tcq_spread64(z0, _mm256_set1_epi8(1), s0);
     for (int h = 0; h < 2; h++) c[h] = _mm256_or_si256(c[h], _mm256_or_si256(s1[h], s0[h]));
     const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
-    lookup16(bits == 3 ? planes4 : planes3, c[0], d, out);
-    lookup16(bits == 3 ? planes4 : planes3, c[1], d, out + 32);
+    lookup16(planes_for(bits + 1), c[0], d, out);
+    lookup16(planes_for(bits + 1), c[1], d, out + 32);
 }
 
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
