@@ -1,8 +1,10 @@
-"""tq_ggml_attn_f32, the CPU flash-attention loop over tq K/V codes (native/src/tq_attn.h), on every
-ISA this CPU runs, against NumPy: softmax(scale * q.K^T + slope * mask) V over the decoded rows, with
+"""tq_ggml_attn_f32, the CPU flash-attention loop over tq K/V codes (native/src/tq_attn.h), through its
+checked Python entry native.Attention, on every ISA this CPU runs, against NumPy: softmax(scale * q.K^T + slope * mask) V over the decoded rows, with
 ggml's running max M and sum S. ggml's own test (test-backend-ops FLASH_ATTN_EXT, tests/test_ggml_ops.py)
 covers the call from llama.cpp with the best ISA only."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -29,41 +31,11 @@ def _reference(q, kd, vd, mask, slope, scale, softcap, bias=None):
     return M, w.sum(axis=1), w @ vd.astype(np.float64)
 
 
-class Call:
-    """One tq_ggml_attn_f32 call over n_kv keys whose K and V rows lie `stride` rows apart."""
-
-    def __init__(self, q, kc, vc, k_type, v_type, mask=None, slope=None, scale=0.125, softcap=0.0, bias=None):
-        self.q, self.kc, self.vc, self.mask, self.bias = q, kc, vc, mask, bias
-        nr, dk = q.shape
-        dv = vc.shape[1] // native.block_bytes(v_type) * native.BLOCK
-        self.M = np.full(nr, -np.inf, F)
-        self.S = np.zeros(nr, F)
-        self.acc = np.zeros((nr, dv), F)
-        a = ffi.new("tq_attn_args *")
-        a.k_type, a.v_type = native.type_info(k_type).id, native.type_info(v_type).id
-        a.dk, a.dv, a.n_rows = dk, dv, nr
-        for r in range(nr):
-            a.q[r] = ffi.cast("const float *", q[r].ctypes.data)
-            a.mask[r] = ffi.cast("const uint16_t *", mask[r].ctypes.data) if mask is not None else ffi.NULL
-            a.slope[r] = 1.0 if slope is None else slope[r]
-        a.k, a.v = ffi.cast("void *", kc.ctypes.data), ffi.cast("void *", vc.ctypes.data)
-        a.k_stride, a.v_stride = kc.strides[0], vc.strides[0]
-        a.n_kv = kc.shape[0]
-        a.scale, a.softcap = scale, softcap
-        a.M = ffi.cast("float *", self.M.ctypes.data)
-        a.S = ffi.cast("float *", self.S.ctypes.data)
-        a.acc = ffi.cast("float *", self.acc.ctypes.data)
-        if bias is not None:
-            qb, kb = bias
-            for r in range(nr):
-                a.qb[r] = ffi.cast("const float *", qb[r].ctypes.data)
-            a.kb, a.kb_stride, a.nb = ffi.cast("const float *", kb.ctypes.data), kb.strides[0], kb.shape[1]
-        self.args = a
-
-    def run(self, isa):
-        with native.force_isa(isa):
-            assert lib.tq_ggml_attn_f32(self.args) == lib.TQ_OK
-        return self.M, self.S, self.acc
+def Call(q, kc, vc, k_type, v_type, mask=None, slope=None, scale=0.125, softcap=0.0, bias=None):
+    """One loop call over the keys of kc/vc (native.Attention); bias: (query_term, key_term)."""
+    qb, kb = bias if bias is not None else (None, None)
+    return native.Attention(q, kc, vc, k_type, v_type, mask=mask, slope=slope, scale=scale, softcap=softcap,
+                            query_term=qb, key_term=kb)
 
 
 def _case(rng, k_type, v_type, nr, d, n_kv, masked=0.3):
@@ -83,10 +55,11 @@ def _decoded(codes, type):
 def _check(call, k_type, v_type, isa, slope=None, scale=0.125, softcap=0.0):
     M, S, acc = call.run(isa)
     nr = call.q.shape[0]
-    mask = call.mask.astype(np.float64) if call.mask is not None else np.zeros((nr, call.kc.shape[0]))
+    mask = call.mask.astype(np.float64) if call.mask is not None else np.zeros((nr, call.k_codes.shape[0]))
     slope = np.ones(nr) if slope is None else np.asarray(slope, np.float64)
-    rM, rS, racc = _reference(call.q, _decoded(call.kc, k_type), _decoded(call.vc, v_type), mask, slope, scale,
-                              softcap, call.bias)
+    bias = (call.query_term, call.key_term) if call.key_term is not None else None
+    rM, rS, racc = _reference(call.q, _decoded(call.k_codes, k_type), _decoded(call.v_codes, v_type), mask, slope,
+                              scale, softcap, bias)
     np.testing.assert_allclose(M, rM, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(S, rS, rtol=1e-4)
     np.testing.assert_allclose(acc / S[:, None], racc / rS[:, None], rtol=1e-4, atol=1e-5)
@@ -137,13 +110,13 @@ def test_key_bias_matches_numpy(isa, nr, d, nb, n_kv, stride, softcap):
 def test_bad_key_bias_touches_nothing(nb, null_qb, status):
     rng = np.random.default_rng(2)
     q, kc, vc, mask = _case(rng, "tq3", "tq3", 2, 64, 4)
-    qb = np.ones((2, 1024), F)
-    kb = np.ones((4, 1024), F)
+    qb = np.ones((2, 1024), F)[:, :64]  # rows wide enough for any nb the C call is handed below
+    kb = np.ones((4, 1024), F)[:, :64]
     call = Call(q, kc, vc, "tq3", "tq3", mask, bias=(qb, kb))
-    call.args.nb = nb
+    call._args.nb = nb
     if null_qb:
-        call.args.qb[1] = ffi.NULL
-    assert lib.tq_ggml_attn_f32(call.args) == getattr(lib, status)
+        call._args.qb[1] = ffi.NULL
+    assert lib.tq_ggml_attn_f32(call._args) == getattr(lib, status)
     assert (call.M == -np.inf).all() and not call.S.any() and not call.acc.any()
 
 
@@ -190,6 +163,95 @@ def test_bad_arguments_touch_nothing(field, value, status):
     rng = np.random.default_rng(1)
     q, kc, vc, mask = _case(rng, "tq3", "tq3", 2, 64, 4)
     call = Call(q, kc, vc, "tq3", "tq3", mask)
-    setattr(call.args, field, ffi.NULL if value is None else value)
-    assert lib.tq_ggml_attn_f32(call.args) == getattr(lib, status)
+    setattr(call._args, field, ffi.NULL if value is None else value)
+    assert lib.tq_ggml_attn_f32(call._args) == getattr(lib, status)
     assert (call.M == -np.inf).all() and not call.S.any() and not call.acc.any()
+
+
+def test_output_is_softmax_times_v():
+    """native.Attention.output(): softmax(scale q.K^T + mask) V over the decoded rows, zeros for a row
+    whose keys are all masked (what ggml writes there)."""
+    rng = np.random.default_rng(11)
+    q, kc, vc, mask = _case(rng, "tq4", "tq3t", 3, 128, 30)
+    mask[:2, 0] = 0
+    mask[2, :] = -np.inf
+    call = Call(q, kc, vc, "tq4", "tq3t", mask, scale=0.1)
+    call.run()
+    s = 0.1 * q.astype(np.float64) @ _decoded(kc, "tq4").T + mask.astype(np.float64)
+    w = np.exp(s[:2] - s[:2].max(axis=1, keepdims=True))
+    want = (w / w.sum(axis=1, keepdims=True)) @ _decoded(vc, "tq3t")
+    out = call.output()
+    np.testing.assert_allclose(out[:2], want, rtol=1e-4, atol=1e-5)
+    assert not out[2].any()
+    call.reset()
+    assert (call.M == -np.inf).all() and not call.S.any() and not call.acc.any()
+    call.run()
+    np.testing.assert_allclose(call.output()[:2], want, rtol=1e-4, atol=1e-5)  # reset, then the same keys again
+
+
+def _bad(**change):
+    """native.Attention's arguments of a valid call, with `change` applied"""
+    rng = np.random.default_rng(4)
+    q, kc, vc, mask = _case(rng, "tq3", "tq3", 2, 64, 5)
+    args = dict(q=q, k_codes=kc, v_codes=vc, k_type="tq3", v_type="tq3", mask=mask)
+    args.update(change)
+    return args
+
+
+_F = np.zeros((2, 64), F)
+_NAN = np.full((2, 64), np.nan, F)
+
+
+@pytest.mark.parametrize("change,error,words", [
+    (dict(k_type="tq5"), ValueError, "unknown TurboQuant type"),
+    (dict(q=_F.astype(np.float64)), TypeError, "q must have dtype float32"),
+    (dict(q=_NAN), ValueError, "q contains NaN"),
+    (dict(q=np.zeros((17, 64), F)), ValueError, "1 to 16"),
+    (dict(q=np.zeros((2, 96), F)), ValueError, "multiple of the block size"),
+    (dict(q=np.zeros((2, 1024), F)), ValueError, "larger than 512"),
+    (dict(q=np.zeros(64, F)), ValueError, "must be 2-D"),
+    (dict(k_codes=np.zeros((5, 18), np.uint8)), ValueError, "k_codes rows hold 18 values, expected 26"),
+    (dict(v_codes=np.zeros((4, 26), np.uint8)), ValueError, "v_codes has 4 rows, expected 5"),
+    (dict(v_codes=np.zeros((5, 25), np.uint8)), ValueError, "not a positive multiple of the 26-byte tq3 block"),
+    (dict(mask=np.zeros((2, 5), np.float32)), TypeError, "mask must have dtype float16"),
+    (dict(mask=np.zeros((2, 4), np.float16)), ValueError, "mask rows hold 4 values, expected 5"),
+    (dict(mask=np.full((2, 5), np.nan, np.float16)), ValueError, "mask contains NaN"),
+    (dict(slope=np.ones(3, F)), ValueError, "slope must have shape (2,)"),
+    (dict(query_term=np.zeros((2, 64), F)), ValueError, "give both or neither"),
+    (dict(query_term=np.zeros((2, 48), F), key_term=np.zeros((5, 48), F)), ValueError, "multiple of 32"),
+    (dict(query_term=np.zeros((2, 64), F), key_term=np.zeros((5, 32), F)), ValueError, "key_term rows hold 32"),
+    (dict(query_term=np.zeros((2, 64), F), key_term=np.full((5, 64), np.inf, F)), ValueError, "key_term contains infinity"),
+    (dict(query_term=np.zeros((2, 64), F), key_term=np.broadcast_to(np.zeros(64, F), (5, 64))), ValueError,
+     "rows must not overlap"),
+    (dict(k_codes=np.zeros((26, 5), np.uint8).T), ValueError, "each row must be contiguous"),
+    (dict(softcap=-1.0), ValueError, "softcap (-1.0) finite and >= 0"),
+    (dict(scale="0.1"), TypeError, "scale and softcap must be numbers, got str"),
+])
+def test_bad_input_is_named_before_the_call(change, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        native.Attention(**_bad(**change))
+
+
+def test_rows_may_lie_apart():
+    """Code, mask and term rows sliced out of wider rows (the loop's strides) give what their copies give."""
+    rng = np.random.default_rng(9)
+    q, kc, vc, mask = _case(rng, "tq3t", "tq4", 4, 64, 21)
+    mask[:, 0] = 0
+    qb = rng.standard_normal((4, 32)).astype(F)
+    kb = rng.standard_normal((21, 32)).astype(F)
+    wide = lambda a, extra: np.concatenate([a, np.zeros((a.shape[0], extra), a.dtype)], axis=1)[:, :a.shape[1]]
+    apart = Call(q, wide(kc, 7), wide(vc, 3), "tq3t", "tq4", wide(mask, 5), bias=(wide(qb, 32), wide(kb, 1)))
+    packed = Call(q, kc, vc, "tq3t", "tq4", mask, bias=(qb, kb))
+    assert apart.k_codes.strides[0] != packed.k_codes.strides[0]
+    for got, want in zip(apart.run(), packed.run()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_no_keys_leave_the_state_as_it_was():
+    """An empty key range (a split with nothing left) is a call that changes nothing."""
+    rng = np.random.default_rng(6)
+    q, kc, vc, mask = _case(rng, "tq3", "tq4", 2, 64, 0)
+    call = Call(q, kc, vc, "tq3", "tq4", mask, bias=(np.ones((2, 32), F), np.ones((0, 32), F)))
+    M, S, acc = call.run()
+    assert (M == -np.inf).all() and not S.any() and not acc.any() and acc.shape == (2, 64)
+    assert not call.output().any()

@@ -23,7 +23,7 @@ from .errors import TqIsaError, TqTypeError, TqValueError, check
 __all__ = [
     "BLOCK", "TYPE_NAMES", "ISA_NAMES", "TypeInfo", "version", "type_info", "block_bytes", "bits_per_value",
     "row_bytes", "codebook", "quantize", "quantize_rms_scale", "dequantize", "dot", "rotate", "unrotate",
-    "encode", "decode", "inner_product", "isa_available", "isa_active", "force_isa", "reset_isa",
+    "encode", "decode", "inner_product", "Attention", "isa_available", "isa_active", "force_isa", "reset_isa",
 ]
 
 BLOCK: int = lib.TQ_BLOCK
@@ -336,6 +336,153 @@ def inner_product(q: np.ndarray, codes: Codes, type: str, *, seed: int) -> float
         check(lib.tq_inner_product(info.id, qi, ci, d, seed, res), "inner_product")
         out[i] = res[0]
     return float(out[0]) if q.ndim == 1 and codes.ndim == 1 else out
+
+
+# ---- the CPU attention loop ----
+
+def _rows(a, what: str, dtype: type, n_rows: int | None, row_len: int | None) -> np.ndarray:
+    """A 2-D array of rows, each row contiguous; the rows themselves may lie further apart (a slice
+    of wider rows), since the loop takes a stride between them."""
+    if not isinstance(a, np.ndarray):
+        raise TqTypeError(f"{what} must be a numpy.ndarray of {np.dtype(dtype)}, got {_typename(a)}")
+    if a.dtype != dtype:
+        raise TqTypeError(f"{what} must have dtype {np.dtype(dtype)}, got {a.dtype} (convert it explicitly)")
+    if a.ndim != 2:
+        raise TqValueError(f"{what} must be 2-D (rows), got shape {a.shape}")
+    if n_rows is not None and a.shape[0] != n_rows:
+        raise TqValueError(f"{what} has {a.shape[0]} rows, expected {n_rows}")
+    if row_len is not None and a.shape[1] != row_len:
+        raise TqValueError(f"{what} rows hold {a.shape[1]} values, expected {row_len}")
+    if a.size and (a.strides[1] != a.itemsize or (a.shape[0] > 1 and a.strides[0] < a.shape[1] * a.itemsize)):
+        raise TqValueError(f"{what}: each row must be contiguous and rows must not overlap "
+                           f"(strides {a.strides}; np.ascontiguousarray makes a copy that is)")
+    if not a.flags.aligned:
+        raise TqValueError(f"{what} is not aligned to its {a.itemsize}-byte dtype")
+    return a
+
+
+def _no_nan(a: np.ndarray, what: str, inf_ok: bool = False) -> None:
+    bad = np.isnan(a) if inf_ok else ~np.isfinite(a)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        kind = "NaN" if np.isnan(a[at]) else "infinity"
+        raise TqValueError(f"{what} contains {kind} at index {at} ({int(bad.sum())} such values)")
+
+
+class Attention:
+    """The CPU attention loop over tq K/V codes (tq_ggml_attn_f32, native/src/tq_attn.h): what
+    llama.cpp's CPU backend runs for the query rows that share one KV head. For query row r and key
+    j: s = scale * (<q[r], k_j> + <query_term[r], key_term[j]>), soft-capped if softcap, plus
+    slope[r] * mask[r, j] (a key at -inf is skipped); the result is kept as ggml keeps it, a running
+    max M, sum S = sum_j exp(s_j - M) and unnormalized output acc = sum_j exp(s_j - M) v_j, so the
+    keys may come in several calls (set M, S and acc from the previous call's before run()).
+
+    q: [rows, dk] float32, 1 to 16 rows, dk a multiple of 64 up to 512, in the basis of the stored
+    keys (rotated as the cache rotates them). k_codes: [n_kv, row_bytes(k_type, dk)] and v_codes:
+    [n_kv, row_bytes(v_type, dv)] uint8; dv follows from v_codes. mask: [rows, n_kv] float16 or None.
+    slope: [rows] float32 or None (1). query_term [rows, nb] and key_term [n_kv, nb], float32, both
+    or neither (nb a multiple of 32 up to 512): the part of q.k that keys centred before RoPE do not
+    hold. Code, term and mask rows may lie further apart than their length (slices of wider rows).
+    The arrays are referenced, not copied: run() reads them as they are then.
+    """
+
+    MAX_ROWS: int = lib.TQ_ATTN_MAX_ROWS
+    MAX_DIM: int = lib.TQ_ATTN_MAX_DIM
+
+    def __init__(self, q: np.ndarray, k_codes: np.ndarray, v_codes: np.ndarray, k_type: str, v_type: str, *,
+                 mask: np.ndarray | None = None, slope: np.ndarray | None = None, scale: float | None = None,
+                 softcap: float = 0.0, query_term: np.ndarray | None = None,
+                 key_term: np.ndarray | None = None) -> None:
+        ki, vi = _type(k_type), _type(v_type)
+        q = _rows(q, "q", np.float32, None, None)
+        nr, dk = q.shape
+        if not 1 <= nr <= self.MAX_ROWS:
+            raise TqValueError(f"q has {nr} rows; the loop takes 1 to {self.MAX_ROWS}")
+        _length(dk, "q.shape[1]")
+        if dk > self.MAX_DIM:
+            raise TqValueError(f"head size q.shape[1] = {dk} is larger than {self.MAX_DIM}")
+        _no_nan(q, "q")
+        k_codes = _rows(k_codes, "k_codes", np.uint8, None, lib.tq_row_bytes(ki.id, dk))
+        n_kv = k_codes.shape[0]
+        v_codes = _rows(v_codes, "v_codes", np.uint8, n_kv, None)
+        dv = _infer_n(v_codes, vi)
+        if dv > self.MAX_DIM:
+            raise TqValueError(f"v_codes hold rows of {dv} values, more than {self.MAX_DIM}")
+        if mask is not None:
+            mask = _rows(mask, "mask", np.float16, nr, n_kv)
+            _no_nan(mask, "mask", inf_ok=True)
+        if slope is not None:
+            slope = _array(slope, "slope", np.float32)
+            if slope.shape != (nr,):
+                raise TqValueError(f"slope must have shape ({nr},), got {slope.shape}")
+            _no_nan(slope, "slope")
+        if (query_term is None) != (key_term is None):
+            raise TqValueError("query_term and key_term come together: give both or neither")
+        nb = 0
+        if query_term is not None:
+            query_term = _rows(query_term, "query_term", np.float32, nr, None)
+            nb = query_term.shape[1]
+            if nb <= 0 or nb % 32 or nb > self.MAX_DIM:
+                raise TqValueError(f"query_term rows hold {nb} values; the loop takes a multiple of 32 "
+                                   f"up to {self.MAX_DIM}")
+            key_term = _rows(key_term, "key_term", np.float32, n_kv, nb)
+            _no_nan(query_term, "query_term")
+            _no_nan(key_term, "key_term")
+        for v in (scale, softcap):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))):
+                raise TqTypeError(f"scale and softcap must be numbers, got {_typename(scale)} and "
+                                  f"{_typename(softcap)}")
+        scale = dk ** -0.5 if scale is None else float(scale)
+        softcap = float(softcap)
+        if not (np.isfinite(scale) and np.isfinite(softcap)) or softcap < 0:
+            raise TqValueError(f"scale ({scale}) must be finite and softcap ({softcap}) finite and >= 0")
+
+        self.q, self.k_codes, self.v_codes, self.mask = q, k_codes, v_codes, mask
+        self.query_term, self.key_term = query_term, key_term
+        self.M = np.full(nr, -np.inf, np.float32)
+        self.S = np.zeros(nr, np.float32)
+        self.acc = np.zeros((nr, dv), np.float32)
+        a = ffi.new("tq_attn_args *")
+        a.k_type, a.v_type, a.dk, a.dv, a.n_rows = ki.id, vi.id, dk, dv, nr
+        base = ffi.cast("const char *", q.ctypes.data)
+        for r in range(nr):
+            a.q[r] = ffi.cast("const float *", base + r * q.strides[0])
+            a.mask[r] = ffi.cast("const uint16_t *", mask[r].ctypes.data) if mask is not None else ffi.NULL
+            a.slope[r] = 1.0 if slope is None else float(slope[r])
+            if query_term is not None:
+                a.qb[r] = ffi.cast("const float *", query_term[r].ctypes.data)
+        # no keys: C still wants non-NULL row pointers (it reads none of them)
+        some = self.M.ctypes.data
+        a.k = ffi.cast("void *", k_codes.ctypes.data if n_kv else some)
+        a.v = ffi.cast("void *", v_codes.ctypes.data if n_kv else some)
+        a.k_stride, a.v_stride, a.n_kv = k_codes.strides[0], v_codes.strides[0], n_kv
+        a.scale, a.softcap = scale, softcap
+        a.M = ffi.cast("float *", self.M.ctypes.data)
+        a.S = ffi.cast("float *", self.S.ctypes.data)
+        a.acc = ffi.cast("float *", self.acc.ctypes.data)
+        if key_term is not None:
+            a.kb = ffi.cast("const float *", key_term.ctypes.data if n_kv else some)
+            a.kb_stride, a.nb = key_term.strides[0], nb
+        self._args = a
+
+    def reset(self) -> None:
+        """Back to no keys seen: M = -inf, S = 0, acc = 0."""
+        self.M[:], self.S[:], self.acc[:] = -np.inf, 0.0, 0.0
+
+    def run(self, isa: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Adds the keys to (M, S, acc) and returns them; isa runs one instruction set (force_isa)."""
+        if isa is None:
+            check(lib.tq_ggml_attn_f32(self._args), "attention")
+        else:
+            with force_isa(isa):
+                check(lib.tq_ggml_attn_f32(self._args), "attention")
+        return self.M, self.S, self.acc
+
+    def output(self) -> np.ndarray:
+        """acc / S per row: the attention output (zeros for a row whose keys were all masked, as ggml writes)."""
+        out = np.zeros_like(self.acc)
+        np.divide(self.acc, self.S[:, None], out=out, where=self.S[:, None] > 0)
+        return out
 
 
 # ---- CPU dispatch ----
