@@ -6,7 +6,7 @@
 #   avx512-compile  tq_avx512.c must compile warning-free (qemu's TCG cannot run AVX-512:
 #                   run `native` on an AVX-512 CPU for that)
 # Usage: scripts/check-isas.sh [native|aarch64|avx512-compile]... (default: all three).
-# Needs gcc and cmake; aarch64 also `apt-get install gcc-aarch64-linux-gnu qemu-user`.
+# Needs gcc and cmake; aarch64 also `apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user`.
 # BLOCKS=n sets the stress size (default 65536). Exit status non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,8 @@ for w in "${checks[@]}"; do
   native) build_run native "${CC:-cc}" "" ;;
   aarch64)
     build_run aarch64 aarch64-linux-gnu-gcc "qemu-aarch64;-L;/usr/aarch64-linux-gnu" \
-      -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 ;;
+      -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
+      -DCMAKE_FIND_ROOT_PATH=/usr/aarch64-linux-gnu -DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY ;;
   avx512-compile)
     echo "== avx512-compile"
     gcc -std=c11 -O2 -ffp-contract=off -Wall -Wextra -Werror -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma -mf16c \

@@ -1,11 +1,13 @@
-/* AArch64 Advanced SIMD kernels for tq2/tq3/tq4 (NEON is mandatory on AArch64: no extra flags).
+/* AArch64 Advanced SIMD kernels for tq2/tq3/tq4, the decoders of tq2t/tq3t and the attention loop
+ * (NEON is mandatory on AArch64: no extra flags).
  *
  * The 16 canonical lanes (tq_impl.h) live in four float32x4 accumulators a[q] = lanes 4q..4q+3;
  * with x[g] = values 4g..4g+3, lane group q adds the vectors x[q], x[q+4], x[q+8], x[q+12] in that
  * order, each product rounded on its own (vmulq then vaddq, never vfmaq: this file, like the whole
  * library, must be built with -ffp-contract=off, or GCC may fuse them). fold16 then halves 8, 4,
  * 2, 1. Quantize gives bit-identical codes and scales; dequantize is one multiply d * centroid;
- * dot uses FMA and differs from the portable sum only by rounding. The QJL types stay portable.
+ * dot uses FMA and differs from the portable sum only by rounding. The QJL types and the trellis
+ * encoder (Viterbi) stay portable.
  *
  * Centroids are looked up with vqtbl4q_u8 over the 64 bytes of a 16-float table: a code c
  * becomes the byte indices 4c, 4c+1, 4c+2, 4c+3. */
@@ -280,6 +282,152 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return vaddvq_f32(acc);
 }
 
+/* ---- the trellis-coded types (tq-math.h): the decoder builds the 64 indices 4 * level + subset as
+ * bytes, 16 per register in unpack's order, and looks them up in the (b+1)-bit codebook as tq4's;
+ * the encoder (Viterbi) stays portable ---- */
+
+/* bit j of w (j = 0..63) as `one` in byte j % 16 of c[j / 16]: byte j takes byte j / 8 of w (a
+ * table lookup in the broadcast word), then bit j % 8 of it */
+static inline void tcq_spread64(uint64_t w, uint8x16_t one, uint8x16_t c[4]) {
+    const uint8x16_t v = vreinterpretq_u8_u64(vdupq_n_u64(w));
+    const uint8x16_t bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ull));
+    for (int r = 0; r < 4; r++) {
+        const uint8x16_t idx = vcombine_u8(vdup_n_u8((uint8_t)(2 * r)), vdup_n_u8((uint8_t)(2 * r + 1)));
+        c[r] = vandq_u8(vtstq_u8(vqtbl1q_u8(v, idx), bit), one);
+    }
+}
+
+/* the 64 indices 4 * level + subset; qs: tq3t's level plane (value j in byte j % 16, bits
+ * 2 * (j / 16)), or NULL and tq2t's level word l (bit j = value j's level) */
+static inline void tcq_indices(const uint8_t *qs, uint64_t l, const uint8_t *qu, uint8x16_t c[4]) {
+    uint64_t z1, z0;
+    tq_tcq_subset_words(tq_load_word(qu), &z1, &z0);
+    uint8x16_t s1[4], s0[4];
+    if (qs) {
+        unpack(2, qs, NULL, c);
+        for (int r = 0; r < 4; r++) c[r] = vshlq_n_u8(c[r], 2);
+    } else {
+        tcq_spread64(l, vdupq_n_u8(4), c);
+    }
+    tcq_spread64(z1, vdupq_n_u8(2), s1);
+    tcq_spread64(z0, vdupq_n_u8(1), s0);
+    for (int r = 0; r < 4; r++) c[r] = vorrq_u8(c[r], vorrq_u8(s1[r], s0[r]));
+}
+
+static inline void tcq_dequant_block(const uint8x16x4_t tab, const uint8_t *qs, uint64_t l, const uint8_t *qu,
+                                     tq_half dh, float *out) {
+    uint8x16_t c[4];
+    tcq_indices(qs, l, qu, c);
+    const float32x4_t d = vdupq_n_f32(tq_fp16_to_fp32(dh));
+    for (int r = 0; r < 4; r++) {
+        float32x4_t v[4];
+        lookup16(c[r], tab, v);
+        for (int i = 0; i < 4; i++) vst1q_f32(out + 16 * r + 4 * i, vmulq_f32(d, v[i]));
+    }
+}
+
+static inline float32x4_t tcq_dot_block(const uint8x16x4_t tab, const uint8_t *qs, uint64_t l, const uint8_t *qu,
+                                        tq_half dh, const float *q, float32x4_t acc) {
+    uint8x16_t c[4];
+    tcq_indices(qs, l, qu, c);
+    float32x4_t s[4], v[4];
+    lookup16(c[0], tab, v);
+    for (int i = 0; i < 4; i++) s[i] = vmulq_f32(vld1q_f32(q + 4 * i), v[i]);
+    for (int r = 1; r < 4; r++) {
+        lookup16(c[r], tab, v);
+        for (int i = 0; i < 4; i++) s[i] = vfmaq_f32(s[i], vld1q_f32(q + 16 * r + 4 * i), v[i]);
+    }
+    float32x4_t t = vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]));
+    return vfmaq_f32(acc, t, vdupq_n_f32(tq_fp16_to_fp32(dh)));
+}
+
+static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
+    const block_tq2t *y = (const block_tq2t *)vy;
+    const uint8x16x4_t tab = codebook_table(3);
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(tab, NULL, tq_load_word(y[i].ql), y[i].qu, y[i].d, x + i * TQ_BLOCK);
+}
+static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
+    const block_tq3t *y = (const block_tq3t *)vy;
+    const uint8x16x4_t tab = codebook_table(4);
+    for (size_t i = 0; i < nb; i++) tcq_dequant_block(tab, y[i].qs, 0, y[i].qu, y[i].d, x + i * TQ_BLOCK);
+}
+
+static float dot_tq2t(const float *q, const void *vy, size_t nb) {
+    const block_tq2t *y = (const block_tq2t *)vy;
+    const uint8x16x4_t tab = codebook_table(3);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (size_t i = 0; i < nb; i++)
+        acc = tcq_dot_block(tab, NULL, tq_load_word(y[i].ql), y[i].qu, y[i].d, q + i * TQ_BLOCK, acc);
+    return vaddvq_f32(acc);
+}
+static float dot_tq3t(const float *q, const void *vy, size_t nb) {
+    const block_tq3t *y = (const block_tq3t *)vy;
+    const uint8x16x4_t tab = codebook_table(4);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (size_t i = 0; i < nb; i++) acc = tcq_dot_block(tab, y[i].qs, 0, y[i].qu, y[i].d, q + i * TQ_BLOCK, acc);
+    return vaddvq_f32(acc);
+}
+
+/* ---- attention (tq_attn.h) ---- */
+
+static inline float attn_dot(const float *a, const float *b, int n) {
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+    for (int i = 0; i < n; i += 8) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    return vaddvq_f32(vaddq_f32(s0, s1));
+}
+
+/* 4 keys at once: one accumulator per key, the 4 sums reduced side by side (two pairwise adds), in
+ * place of 4 separate horizontal reductions. Rows past nt read the group's first row again and are
+ * not used. */
+#define TQ_ATTN_HAVE_DOTS 1
+static inline void attn_dots(const float *a, const float *rows, size_t stride, int nt, int n, float *out) {
+    for (int j0 = 0; j0 < nt; j0 += 4) {
+        float32x4_t s[4];
+        const float *r[4];
+        for (int j = 0; j < 4; j++) {
+            s[j] = vdupq_n_f32(0.0f);
+            r[j] = (const float *)((const char *)rows + (size_t)(j0 + j < nt ? j0 + j : j0) * stride);
+        }
+        for (int i = 0; i < n; i += 4) {
+            const float32x4_t q = vld1q_f32(a + i);
+            for (int j = 0; j < 4; j++) s[j] = vfmaq_f32(s[j], q, vld1q_f32(r[j] + i));
+        }
+        vst1q_f32(out + j0, vpaddq_f32(vpaddq_f32(s[0], s[1]), vpaddq_f32(s[2], s[3])));
+    }
+}
+
+static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
+    for (int i = 0; i < n; i += 16) {
+        float32x4_t a0 = vld1q_f32(acc + i), a1 = vld1q_f32(acc + i + 4);
+        float32x4_t a2 = vld1q_f32(acc + i + 8), a3 = vld1q_f32(acc + i + 12);
+        for (int j = 0; j < nt; j++) {
+            if (p[j] == 0.0f) continue;
+            const float32x4_t w = vdupq_n_f32(p[j]);
+            const float *x = rows + (size_t)j * n + i;
+            a0 = vfmaq_f32(a0, w, vld1q_f32(x));
+            a1 = vfmaq_f32(a1, w, vld1q_f32(x + 4));
+            a2 = vfmaq_f32(a2, w, vld1q_f32(x + 8));
+            a3 = vfmaq_f32(a3, w, vld1q_f32(x + 12));
+        }
+        vst1q_f32(acc + i, a0);
+        vst1q_f32(acc + i + 4, a1);
+        vst1q_f32(acc + i + 8, a2);
+        vst1q_f32(acc + i + 12, a3);
+    }
+}
+
+static inline void attn_scale(float *acc, float s, int n) {
+    const float32x4_t m = vdupq_n_f32(s);
+    for (int i = 0; i < n; i += 4) vst1q_f32(acc + i, vmulq_f32(m, vld1q_f32(acc + i)));
+}
+
+#define TQ_ATTN_OWN_DECODERS 1
+#define TQ_ATTN_NAME attn_neon
+#include "tq_attn.h"
+
 void tq_kernels_neon(tq_kernels *k) {
     k->quantize[TQ_TYPE_TQ2] = quantize_tq2;
     k->quantize[TQ_TYPE_TQ3] = quantize_tq3;
@@ -290,6 +438,11 @@ void tq_kernels_neon(tq_kernels *k) {
     k->dot[TQ_TYPE_TQ2] = dot_tq2;
     k->dot[TQ_TYPE_TQ3] = dot_tq3;
     k->dot[TQ_TYPE_TQ4] = dot_tq4;
+    k->dequantize[TQ_TYPE_TQ2T] = dequantize_tq2t;
+    k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
+    k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
+    k->dot[TQ_TYPE_TQ3T] = dot_tq3t;
+    k->attn = attn_neon;
 }
 
 #endif
