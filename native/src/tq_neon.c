@@ -1,13 +1,12 @@
-/* AArch64 Advanced SIMD kernels for tq2/tq3/tq4, the decoders of tq2t/tq3t and the attention loop
- * (NEON is mandatory on AArch64: no extra flags).
+/* AArch64 Advanced SIMD kernels for tq2/tq3/tq4/tq2t/tq3t and the attention loop (NEON is
+ * mandatory on AArch64: no extra flags).
  *
  * The 16 canonical lanes (tq_impl.h) live in four float32x4 accumulators a[q] = lanes 4q..4q+3;
  * with x[g] = values 4g..4g+3, lane group q adds the vectors x[q], x[q+4], x[q+8], x[q+12] in that
  * order, each product rounded on its own (vmulq then vaddq, never vfmaq: this file, like the whole
  * library, must be built with -ffp-contract=off, or GCC may fuse them). fold16 then halves 8, 4,
  * 2, 1. Quantize gives bit-identical codes and scales; dequantize is one multiply d * centroid;
- * dot uses FMA and differs from the portable sum only by rounding. The QJL types and the trellis
- * encoder (Viterbi) stay portable.
+ * dot uses FMA and differs from the portable sum only by rounding. The QJL types stay portable.
  *
  * Centroids are looked up with vqtbl4q_u8 over the 64 bytes of a 16-float table: a code c
  * becomes the byte indices 4c, 4c+1, 4c+2, 4c+3. */
@@ -282,9 +281,97 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
     return vaddvq_f32(acc);
 }
 
-/* ---- the trellis-coded types (tq-math.h): the decoder builds the 64 indices 4 * level + subset as
- * bytes, 16 per register in unpack's order, and looks them up in the (b+1)-bit codebook as tq4's;
- * the encoder (Viterbi) stays portable ---- */
+/* ---- the trellis-coded types (tq-math.h): the encoder is tq_tcq_forward with the trellis's 8
+ * states in two registers (states 0-3 and 4-7), forming the same sums in the same order as the
+ * portable pass (so it finds the same path and the codes stay bit-identical); the decoder builds the
+ * 64 indices 4 * level + subset as bytes, 16 per register in unpack's order, and looks them up in
+ * the (b+1)-bit codebook as tq4's ---- */
+
+/* bit l of the mask: lane l of m is set */
+static inline unsigned mask4(uint32x4_t m) {
+    const uint32x4_t w = {1u, 2u, 4u, 8u};
+    return vaddvq_u32(vandq_u32(m, w));
+}
+
+/* lanes i of e picked by the 4 indices of `sel` (byte indices of a 4-float permutation) */
+static inline float32x4_t pick4(float32x4_t e, uint8x16_t sel) {
+    return vreinterpretq_f32_u8(vqtbl1q_u8(vreinterpretq_u8_f32(e), sel));
+}
+
+static inline uint8x16_t pick_bytes(const int k[4]) {
+    uint8_t b[16];
+    for (int i = 0; i < 4; i++)
+        for (int t = 0; t < 4; t++) b[4 * i + t] = (uint8_t)(4 * k[i] + t);
+    return vld1q_u8(b);
+}
+
+/* bits 0-3 of x to bits 0, 2, 4, 6 */
+static const uint8_t tcq_spread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0x14, 0x15,
+                                        0x40, 0x41, 0x44, 0x45, 0x50, 0x51, 0x54, 0x55};
+
+static int tcq_forward_neon(int bits, const float *x, float inv, uint8_t back[TQ_BLOCK], uint8_t lev[TQ_BLOCK]) {
+    const float *A = tq_codebook_for(bits + 1);
+    /* levels 0 and 1 of subsets 0-3 (entries 4 * level + k), and levels 2 and 3 (tq3t) */
+    const float32x4_t a0 = vld1q_f32(A), a1 = vld1q_f32(A + 4);
+    const float32x4_t a2 = bits == 3 ? vld1q_f32(A + 8) : a0, a3 = bits == 3 ? vld1q_f32(A + 12) : a1;
+    /* state s is reached from s >> 1 (branch into subset k(s)) or (s >> 1) + 4 (subset k(s + 8)) */
+    int k[16];
+    for (int s = 0; s < 16; s++) k[s] = tq_tcq_subset((unsigned)s);
+    const uint8x16_t k_lo_a = pick_bytes(k), k_lo_b = pick_bytes(k + 4);
+    const uint8x16_t k_hi_a = pick_bytes(k + 8), k_hi_b = pick_bytes(k + 12);
+    float32x4_t cost0 = {0.0f, TQ_TCQ_FAR, TQ_TCQ_FAR, TQ_TCQ_FAR}; /* states 0-3 */
+    float32x4_t cost1 = vdupq_n_f32(TQ_TCQ_FAR);                    /* states 4-7 */
+    for (int j = 0; j < TQ_BLOCK; j++) {
+        const float32x4_t v = vdupq_n_f32(x[j] * inv);
+        /* lane k of e: subset k's least error, its level in b0 (and b1): tq_tcq_level's ties */
+        float32x4_t e0 = vsubq_f32(v, a0), e1 = vsubq_f32(v, a1);
+        e0 = vmulq_f32(e0, e0);
+        e1 = vmulq_f32(e1, e1);
+        const uint32x4_t lt01 = vcltq_f32(e1, e0);
+        float32x4_t e = vbslq_f32(lt01, e1, e0);
+        unsigned b0 = mask4(lt01), b1 = 0;
+        if (bits == 3) {
+            float32x4_t e2 = vsubq_f32(v, a2), e3 = vsubq_f32(v, a3);
+            e2 = vmulq_f32(e2, e2);
+            e3 = vmulq_f32(e3, e3);
+            const uint32x4_t lt23 = vcltq_f32(e3, e2);
+            const float32x4_t e23 = vbslq_f32(lt23, e3, e2);
+            const uint32x4_t lt = vcltq_f32(e23, e);
+            e = vbslq_f32(lt, e23, e);
+            b1 = mask4(lt);
+            b0 = (b1 & mask4(lt23)) | (~b1 & b0 & 15u);
+        }
+        lev[j] = (uint8_t)(tcq_spread4[b0] | tcq_spread4[b1] << 1);
+        /* states 0-3 come from 0,0,1,1 or 4,4,5,5; states 4-7 from 2,2,3,3 or 6,6,7,7 */
+        const float32x4_t c0a = vaddq_f32(vzip1q_f32(cost0, cost0), pick4(e, k_lo_a));
+        const float32x4_t c0b = vaddq_f32(vzip2q_f32(cost0, cost0), pick4(e, k_lo_b));
+        const float32x4_t c1a = vaddq_f32(vzip1q_f32(cost1, cost1), pick4(e, k_hi_a));
+        const float32x4_t c1b = vaddq_f32(vzip2q_f32(cost1, cost1), pick4(e, k_hi_b));
+        const uint32x4_t lta = vcltq_f32(c1a, c0a), ltb = vcltq_f32(c1b, c0b);
+        cost0 = vbslq_f32(lta, c1a, c0a);
+        cost1 = vbslq_f32(ltb, c1b, c0b);
+        back[j] = (uint8_t)(mask4(lta) | mask4(ltb) << 4);
+    }
+    float c[TQ_TCQ_STATES];
+    vst1q_f32(c, cost0);
+    vst1q_f32(c + 4, cost1);
+    int s = 0;
+    for (int t = 1; t < TQ_TCQ_STATES; t++)
+        if (c[t] < c[s]) s = t;
+    return s;
+}
+
+static inline void tcq_quantize_rows(int bits, const float *x, void *vy, size_t nb) {
+    const size_t bytes = bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t);
+    uint8_t c[TQ_BLOCK];
+    uint64_t u;
+    for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {
+        const tq_half d = tq_tcq_quantize_with(bits, x, c, &u, TQ_SCALE_UNBIASED, tcq_forward_neon);
+        tq_tcq_store(bits, d, c, u, (uint8_t *)vy + i * bytes);
+    }
+}
+static void quantize_tq2t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(2, x, vy, nb); }
+static void quantize_tq3t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(3, x, vy, nb); }
 
 /* bit j of w (j = 0..63) as `one` in byte j % 16 of c[j / 16]: byte j takes byte j / 8 of w (a
  * table lookup in the broadcast word), then bit j % 8 of it */
@@ -438,6 +525,8 @@ void tq_kernels_neon(tq_kernels *k) {
     k->dot[TQ_TYPE_TQ2] = dot_tq2;
     k->dot[TQ_TYPE_TQ3] = dot_tq3;
     k->dot[TQ_TYPE_TQ4] = dot_tq4;
+    k->quantize[TQ_TYPE_TQ2T] = quantize_tq2t;
+    k->quantize[TQ_TYPE_TQ3T] = quantize_tq3t;
     k->dequantize[TQ_TYPE_TQ2T] = dequantize_tq2t;
     k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
     k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
