@@ -62,6 +62,17 @@ void tq_kernels_neon(tq_kernels *k);
 const tq_kernels *tq_active_kernels(void);
 const tq_kernels *tq_portable_kernels(void);
 
+/* tq2t/tq3t rows coded with a SIMD file's Viterbi forward pass (which must find tq_tcq_forward's path) */
+static inline void tq_tcq_quantize_rows(int bits, const float *x, void *vy, size_t nb, tq_tcq_forward_fn forward) {
+    const size_t bytes = bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t);
+    uint8_t c[TQ_BLOCK];
+    uint64_t u;
+    for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {
+        const tq_half d = tq_tcq_quantize_with(bits, x, c, &u, TQ_SCALE_UNBIASED, forward);
+        tq_tcq_store(bits, d, c, u, (uint8_t *)vy + i * bytes);
+    }
+}
+
 /* Scalar pieces the SIMD files reuse for the parts they do not vectorize (portable.c). */
 void tq_quantize_blocks_rms(tq_type type, const float *x, void *y, size_t nb);
 void tq_fwht_portable(float *x, size_t n); /* orthonormal: H*x/sqrt(n), n a power of two */

@@ -216,10 +216,8 @@ static inline void unpack(int bits, const uint8_t *qs, const uint8_t *qh, uint8x
     }
 }
 
-static inline void dequant_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
-                                 const uint8_t *qh, float *out) {
-    uint8x16_t c[4];
-    unpack(bits, qs, qh, c);
+/* d * the centroids of the 64 codes c (unpack's order) */
+static inline void lookup_block(const uint8x16x4_t tab, const uint8x16_t c[4], tq_half dh, float *out) {
     const float32x4_t d = vdupq_n_f32(tq_fp16_to_fp32(dh));
     for (int r = 0; r < 4; r++) {
         float32x4_t v[4];
@@ -228,10 +226,9 @@ static inline void dequant_block(int bits, const uint8x16x4_t tab, tq_half dh, c
     }
 }
 
-static inline float32x4_t dot_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
-                                    const uint8_t *qh, const float *q, float32x4_t acc) {
-    uint8x16_t c[4];
-    unpack(bits, qs, qh, c);
+/* acc + d * <q, the centroids of the 64 codes c> */
+static inline float32x4_t dot_codes(const uint8x16x4_t tab, const uint8x16_t c[4], tq_half dh, const float *q,
+                                    float32x4_t acc) {
     float32x4_t s[4], v[4];
     lookup16(c[0], tab, v);
     for (int i = 0; i < 4; i++) s[i] = vmulq_f32(vld1q_f32(q + 4 * i), v[i]);
@@ -241,6 +238,20 @@ static inline float32x4_t dot_block(int bits, const uint8x16x4_t tab, tq_half dh
     }
     float32x4_t t = vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]));
     return vfmaq_f32(acc, t, vdupq_n_f32(tq_fp16_to_fp32(dh)));
+}
+
+static inline void dequant_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
+                                 const uint8_t *qh, float *out) {
+    uint8x16_t c[4];
+    unpack(bits, qs, qh, c);
+    lookup_block(tab, c, dh, out);
+}
+
+static inline float32x4_t dot_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
+                                    const uint8_t *qh, const float *q, float32x4_t acc) {
+    uint8x16_t c[4];
+    unpack(bits, qs, qh, c);
+    return dot_codes(tab, c, dh, q, acc);
 }
 
 static void dequantize_tq2(const void *vy, float *x, size_t nb) {
@@ -361,17 +372,8 @@ static int tcq_forward_neon(int bits, const float *x, float inv, uint8_t back[TQ
     return s;
 }
 
-static inline void tcq_quantize_rows(int bits, const float *x, void *vy, size_t nb) {
-    const size_t bytes = bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t);
-    uint8_t c[TQ_BLOCK];
-    uint64_t u;
-    for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {
-        const tq_half d = tq_tcq_quantize_with(bits, x, c, &u, TQ_SCALE_UNBIASED, tcq_forward_neon);
-        tq_tcq_store(bits, d, c, u, (uint8_t *)vy + i * bytes);
-    }
-}
-static void quantize_tq2t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(2, x, vy, nb); }
-static void quantize_tq3t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(3, x, vy, nb); }
+static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, x, vy, nb, tcq_forward_neon); }
+static void quantize_tq3t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, x, vy, nb, tcq_forward_neon); }
 
 /* bit j of w (j = 0..63) as `one` in byte j % 16 of c[j / 16]: byte j takes byte j / 8 of w (a
  * table lookup in the broadcast word), then bit j % 8 of it */
@@ -405,27 +407,14 @@ static inline void tcq_dequant_block(const uint8x16x4_t tab, const uint8_t *qs, 
                                      tq_half dh, float *out) {
     uint8x16_t c[4];
     tcq_indices(qs, l, qu, c);
-    const float32x4_t d = vdupq_n_f32(tq_fp16_to_fp32(dh));
-    for (int r = 0; r < 4; r++) {
-        float32x4_t v[4];
-        lookup16(c[r], tab, v);
-        for (int i = 0; i < 4; i++) vst1q_f32(out + 16 * r + 4 * i, vmulq_f32(d, v[i]));
-    }
+    lookup_block(tab, c, dh, out);
 }
 
 static inline float32x4_t tcq_dot_block(const uint8x16x4_t tab, const uint8_t *qs, uint64_t l, const uint8_t *qu,
                                         tq_half dh, const float *q, float32x4_t acc) {
     uint8x16_t c[4];
     tcq_indices(qs, l, qu, c);
-    float32x4_t s[4], v[4];
-    lookup16(c[0], tab, v);
-    for (int i = 0; i < 4; i++) s[i] = vmulq_f32(vld1q_f32(q + 4 * i), v[i]);
-    for (int r = 1; r < 4; r++) {
-        lookup16(c[r], tab, v);
-        for (int i = 0; i < 4; i++) s[i] = vfmaq_f32(s[i], vld1q_f32(q + 16 * r + 4 * i), v[i]);
-    }
-    float32x4_t t = vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]));
-    return vfmaq_f32(acc, t, vdupq_n_f32(tq_fp16_to_fp32(dh)));
+    return dot_codes(tab, c, dh, q, acc);
 }
 
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) {

@@ -58,14 +58,5 @@ static int tcq_forward_x86(int bits, const float *x, float inv, uint8_t back[TQ_
     return s;
 }
 
-static inline void tcq_quantize_rows(int bits, const float *x, void *vy, size_t nb) {
-    const size_t bytes = bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t);
-    uint8_t c[TQ_BLOCK];
-    uint64_t u;
-    for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {
-        const tq_half d = tq_tcq_quantize_with(bits, x, c, &u, TQ_SCALE_UNBIASED, tcq_forward_x86);
-        tq_tcq_store(bits, d, c, u, (uint8_t *)vy + i * bytes);
-    }
-}
-static void quantize_tq2t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(2, x, vy, nb); }
-static void quantize_tq3t(const float *x, void *vy, size_t nb) { tcq_quantize_rows(3, x, vy, nb); }
+static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, x, vy, nb, tcq_forward_x86); }
+static void quantize_tq3t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, x, vy, nb, tcq_forward_x86); }
