@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The CPU attention loop alone (native.Attention, i.e. tq_ggml_attn_f32 of native/src/tq_attn.h): one
 decode step's KV head, G query rows over N keys of tq K/V codes, with and without the per-key term of
-keys centred before RoPE; best of --reps calls, microseconds. To compare two builds, run it with each build's package,
-alternating (the loop is in the package's _native module, the same code llama.cpp's CPU backend calls).
+keys centred before RoPE; best of --reps calls, microseconds. To compare two builds, run it with each
+build's package, alternating (the loop is in the package's _native module, the same code llama.cpp's
+CPU backend calls).
 
     python benchmarks/bench_attn_loop.py [--types tq3/tq3,tq3t/tq3] [--dims 64,128] [--keys 4096]
         [--rows 3] [--reps 200] [--isa avx2]

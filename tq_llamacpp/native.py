@@ -112,11 +112,16 @@ def _seed(seed) -> int:
     return seed
 
 
-def _array(a, what: str, dtype: type) -> np.ndarray:
+def _ndarray(a, what: str, dtype: type) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TqTypeError(f"{what} must be a numpy.ndarray of {np.dtype(dtype)}, got {_typename(a)}")
     if a.dtype != dtype:
         raise TqTypeError(f"{what} must have dtype {np.dtype(dtype)}, got {a.dtype} (convert it explicitly)")
+    return a
+
+
+def _array(a, what: str, dtype: type) -> np.ndarray:
+    a = _ndarray(a, what, dtype)
     if a.ndim not in (1, 2):
         raise TqValueError(f"{what} must be 1-D (one row) or 2-D (rows), got shape {a.shape}")
     if not a.flags.c_contiguous:
@@ -132,13 +137,18 @@ def _floats(x, what: str, rotation: bool = False) -> np.ndarray:
         _dim(x.shape[-1], f"{what}.shape[-1]")
     else:
         _length(x.shape[-1], f"{what}.shape[-1]")
-    bad = ~np.isfinite(x)
+    _finite(x, what)
+    return x
+
+
+def _finite(x: np.ndarray, what: str, inf_ok: bool = False) -> None:
+    """Raise for the first NaN (or infinity, unless inf_ok) in x, naming where it is."""
+    bad = np.isnan(x) if inf_ok else ~np.isfinite(x)
     if bad.any():
         at = tuple(int(i) for i in np.argwhere(bad)[0])
         kind = "NaN" if np.isnan(x[at]) else "infinity"
         raise TqValueError(f"{what} contains {kind} at index {at if x.ndim > 1 else at[0]} "
-                           f"({int(bad.sum())} non-finite values)")
-    return x
+                           f"({int(bad.sum())} {'NaN' if inf_ok else 'non-finite'} values)")
 
 
 def _codes(codes: Codes, what: str = "codes") -> np.ndarray:
@@ -343,10 +353,7 @@ def inner_product(q: np.ndarray, codes: Codes, type: str, *, seed: int) -> float
 def _rows(a, what: str, dtype: type, n_rows: int | None, row_len: int | None) -> np.ndarray:
     """A 2-D array of rows, each row contiguous; the rows themselves may lie further apart (a slice
     of wider rows), since the loop takes a stride between them."""
-    if not isinstance(a, np.ndarray):
-        raise TqTypeError(f"{what} must be a numpy.ndarray of {np.dtype(dtype)}, got {_typename(a)}")
-    if a.dtype != dtype:
-        raise TqTypeError(f"{what} must have dtype {np.dtype(dtype)}, got {a.dtype} (convert it explicitly)")
+    a = _ndarray(a, what, dtype)
     if a.ndim != 2:
         raise TqValueError(f"{what} must be 2-D (rows), got shape {a.shape}")
     if n_rows is not None and a.shape[0] != n_rows:
@@ -359,14 +366,6 @@ def _rows(a, what: str, dtype: type, n_rows: int | None, row_len: int | None) ->
     if not a.flags.aligned:
         raise TqValueError(f"{what} is not aligned to its {a.itemsize}-byte dtype")
     return a
-
-
-def _no_nan(a: np.ndarray, what: str, inf_ok: bool = False) -> None:
-    bad = np.isnan(a) if inf_ok else ~np.isfinite(a)
-    if bad.any():
-        at = tuple(int(i) for i in np.argwhere(bad)[0])
-        kind = "NaN" if np.isnan(a[at]) else "infinity"
-        raise TqValueError(f"{what} contains {kind} at index {at} ({int(bad.sum())} such values)")
 
 
 class Attention:
@@ -401,7 +400,7 @@ class Attention:
         _length(dk, "q.shape[1]")
         if dk > self.MAX_DIM:
             raise TqValueError(f"head size q.shape[1] = {dk} is larger than {self.MAX_DIM}")
-        _no_nan(q, "q")
+        _finite(q, "q")
         k_codes = _rows(k_codes, "k_codes", np.uint8, None, lib.tq_row_bytes(ki.id, dk))
         n_kv = k_codes.shape[0]
         v_codes = _rows(v_codes, "v_codes", np.uint8, n_kv, None)
@@ -410,12 +409,12 @@ class Attention:
             raise TqValueError(f"v_codes hold rows of {dv} values, more than {self.MAX_DIM}")
         if mask is not None:
             mask = _rows(mask, "mask", np.float16, nr, n_kv)
-            _no_nan(mask, "mask", inf_ok=True)
+            _finite(mask, "mask", inf_ok=True)
         if slope is not None:
             slope = _array(slope, "slope", np.float32)
             if slope.shape != (nr,):
                 raise TqValueError(f"slope must have shape ({nr},), got {slope.shape}")
-            _no_nan(slope, "slope")
+            _finite(slope, "slope")
         if (query_term is None) != (key_term is None):
             raise TqValueError("query_term and key_term come together: give both or neither")
         nb = 0
@@ -426,8 +425,8 @@ class Attention:
                 raise TqValueError(f"query_term rows hold {nb} values; the loop takes a multiple of 32 "
                                    f"up to {self.MAX_DIM}")
             key_term = _rows(key_term, "key_term", np.float32, n_kv, nb)
-            _no_nan(query_term, "query_term")
-            _no_nan(key_term, "key_term")
+            _finite(query_term, "query_term")
+            _finite(key_term, "key_term")
         for v in (scale, softcap):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))):
                 raise TqTypeError(f"scale and softcap must be numbers, got {_typename(scale)} and "
@@ -444,9 +443,8 @@ class Attention:
         self.acc = np.zeros((nr, dv), np.float32)
         a = ffi.new("tq_attn_args *")
         a.k_type, a.v_type, a.dk, a.dv, a.n_rows = ki.id, vi.id, dk, dv, nr
-        base = ffi.cast("const char *", q.ctypes.data)
         for r in range(nr):
-            a.q[r] = ffi.cast("const float *", base + r * q.strides[0])
+            a.q[r] = ffi.cast("const float *", q[r].ctypes.data)
             a.mask[r] = ffi.cast("const uint16_t *", mask[r].ctypes.data) if mask is not None else ffi.NULL
             a.slope[r] = 1.0 if slope is None else float(slope[r])
             if query_term is not None:

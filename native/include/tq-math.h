@@ -373,6 +373,14 @@ TQ_HOST_DEVICE int tq_tcq_level(const float *A, int nl, float v, int k, float *e
  * (tq_tcq_forward_fn): it must reproduce these sums and ties exactly. */
 typedef int (*tq_tcq_forward_fn)(int bits, const float *x, float inv, uint8_t back[TQ_BLOCK], uint8_t lev[TQ_BLOCK]);
 
+/* The end state of least cost (ties to the lower), the path's last state */
+TQ_HOST_DEVICE int tq_tcq_end_state(const float cost[TQ_TCQ_STATES]) {
+    int s = 0;
+    for (int t = 1; t < TQ_TCQ_STATES; t++)
+        if (cost[t] < cost[s]) s = t;
+    return s;
+}
+
 TQ_HOST_DEVICE int tq_tcq_forward(int bits, const float *x, float inv, uint8_t back[TQ_BLOCK], uint8_t lev[TQ_BLOCK]) {
     const float *A = tq_codebook_for(bits + 1);
     const int nl = 1 << (bits - 1);
@@ -399,10 +407,7 @@ TQ_HOST_DEVICE int tq_tcq_forward(int bits, const float *x, float inv, uint8_t b
         for (int s = 0; s < TQ_TCQ_STATES; s++) cost[s] = next[s];
         back[j] = (uint8_t)from_high;
     }
-    int s = 0;
-    for (int t = 1; t < TQ_TCQ_STATES; t++)
-        if (cost[t] < cost[s]) s = t;
-    return s;
+    return tq_tcq_end_state(cost);
 }
 
 /* The best path for x * inv: idx[j] = 4 * level_j + k_j (an index into A); returns the branch

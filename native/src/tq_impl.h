@@ -62,6 +62,11 @@ void tq_kernels_neon(tq_kernels *k);
 const tq_kernels *tq_active_kernels(void);
 const tq_kernels *tq_portable_kernels(void);
 
+/* A SIMD forward pass's level masks (bit k: subset k's level bit) to tq_tcq_forward's lev byte:
+ * bits 0-3 of x to bits 0, 2, 4, 6 */
+static const uint8_t tq_tcq_spread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0x14, 0x15,
+                                           0x40, 0x41, 0x44, 0x45, 0x50, 0x51, 0x54, 0x55};
+
 /* tq2t/tq3t rows coded with a SIMD file's Viterbi forward pass (which must find tq_tcq_forward's path) */
 static inline void tq_tcq_quantize_rows(int bits, const float *x, void *vy, size_t nb, tq_tcq_forward_fn forward) {
     const size_t bytes = bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t);

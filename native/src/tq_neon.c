@@ -316,9 +316,6 @@ static inline uint8x16_t pick_bytes(const int k[4]) {
     return vld1q_u8(b);
 }
 
-/* bits 0-3 of x to bits 0, 2, 4, 6 */
-static const uint8_t tcq_spread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0x14, 0x15,
-                                        0x40, 0x41, 0x44, 0x45, 0x50, 0x51, 0x54, 0x55};
 
 static int tcq_forward_neon(int bits, const float *x, float inv, uint8_t back[TQ_BLOCK], uint8_t lev[TQ_BLOCK]) {
     const float *A = tq_codebook_for(bits + 1);
@@ -352,7 +349,7 @@ static int tcq_forward_neon(int bits, const float *x, float inv, uint8_t back[TQ
             b1 = mask4(lt);
             b0 = (b1 & mask4(lt23)) | (~b1 & b0 & 15u);
         }
-        lev[j] = (uint8_t)(tcq_spread4[b0] | tcq_spread4[b1] << 1);
+        lev[j] = (uint8_t)(tq_tcq_spread4[b0] | tq_tcq_spread4[b1] << 1);
         /* states 0-3 come from 0,0,1,1 or 4,4,5,5; states 4-7 from 2,2,3,3 or 6,6,7,7 */
         const float32x4_t c0a = vaddq_f32(vzip1q_f32(cost0, cost0), pick4(e, k_lo_a));
         const float32x4_t c0b = vaddq_f32(vzip2q_f32(cost0, cost0), pick4(e, k_lo_b));
@@ -366,10 +363,7 @@ static int tcq_forward_neon(int bits, const float *x, float inv, uint8_t back[TQ
     float c[TQ_TCQ_STATES];
     vst1q_f32(c, cost0);
     vst1q_f32(c + 4, cost1);
-    int s = 0;
-    for (int t = 1; t < TQ_TCQ_STATES; t++)
-        if (c[t] < c[s]) s = t;
-    return s;
+    return tq_tcq_end_state(c);
 }
 
 static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, x, vy, nb, tcq_forward_neon); }

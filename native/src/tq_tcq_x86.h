@@ -4,9 +4,6 @@
  * codes stay bit-identical across ISAs. Per value: the 2^(b+1) squared errors, their minimum per
  * subset, then add-compare-select for all states at once. */
 
-/* bits 0-3 of x to bits 0, 2, 4, 6 */
-static const uint8_t tcq_spread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0x14, 0x15,
-                                        0x40, 0x41, 0x44, 0x45, 0x50, 0x51, 0x54, 0x55};
 
 static int tcq_forward_x86(int bits, const float *x, float inv, uint8_t back[TQ_BLOCK], uint8_t lev[TQ_BLOCK]) {
     const float *A = tq_codebook_for(bits + 1);
@@ -43,7 +40,7 @@ static int tcq_forward_x86(int bits, const float *x, float inv, uint8_t back[TQ_
             b1 = (unsigned)_mm256_movemask_ps(lt) & 15u;
             b0 = (b1 & (unsigned)_mm256_movemask_ps(lt23)) | (~b1 & b0 & 15u);
         }
-        lev[j] = (uint8_t)(tcq_spread4[b0] | tcq_spread4[b1] << 1);
+        lev[j] = (uint8_t)(tq_tcq_spread4[b0] | tq_tcq_spread4[b1] << 1);
         const __m256 c0 = _mm256_add_ps(_mm256_permutevar8x32_ps(cost, from_lo), _mm256_permutevar8x32_ps(e, k_lo));
         const __m256 c1 = _mm256_add_ps(_mm256_permutevar8x32_ps(cost, from_hi), _mm256_permutevar8x32_ps(e, k_hi));
         const __m256 lt = _mm256_cmp_ps(c1, c0, _CMP_LT_OQ);
@@ -52,10 +49,7 @@ static int tcq_forward_x86(int bits, const float *x, float inv, uint8_t back[TQ_
     }
     float c[TQ_TCQ_STATES];
     _mm256_storeu_ps(c, cost);
-    int s = 0;
-    for (int t = 1; t < TQ_TCQ_STATES; t++)
-        if (c[t] < c[s]) s = t;
-    return s;
+    return tq_tcq_end_state(c);
 }
 
 static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, x, vy, nb, tcq_forward_x86); }
