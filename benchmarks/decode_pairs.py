@@ -1,0 +1,109 @@
+"""CPU decode time per token of several caches, paired token by token in one process: one context per
+cache, and every token goes through each context in turn before the next token, so that the VM's
+drift (15 % between llama-bench runs on the 2-core machine) falls on all of them alike. Prints and
+writes the median over the tokens of each cache's speed relative to the first cache, per range of
+positions. A cache may carry KV-cache options, `tq3:rope=post` (each `:key=value` is set as
+LLAMA_KV_<KEY>=value while its context is made), and `:rot=off` turns llama.cpp's Hadamard rotation
+off (LLAMA_ATTN_ROT_DISABLE=1: a timing probe, not a usable tq cache).
+    python benchmarks/decode_pairs.py [--model smollm2] [--types f16,tq3,tq3:rope=post] [--tokens 256]
+        [--ranges 1-64,64-256] [--threads 2] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import time
+from pathlib import Path
+
+from tq_llamacpp._libs import import_llama_cpp
+from tq_llamacpp.data import model_path
+from tq_llamacpp.llama import cache_type
+
+
+def env_of(spec: str) -> dict[str, str]:
+    env = {}
+    for opt in spec.split(":")[1:]:
+        k, v = opt.split("=", 1)
+        if k == "rot":
+            if v != "off":
+                raise SystemExit(f"decode_pairs: rot=off is the one rot option, not rot={v}")
+            env["LLAMA_ATTN_ROT_DISABLE"] = "1"
+        else:
+            env["LLAMA_KV_" + k.upper()] = v
+    return env
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--types", default="f16,tq3,tq3:rope=post")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--ranges", default="1-64,64-256")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="the table's file (default results/decode-pairs-<model>.md)")
+    a = ap.parse_args()
+    ranges = [tuple(int(x) for x in r.split("-")) for r in a.ranges.split(",")]
+    if any(lo < 0 or hi > a.tokens or lo >= hi for lo, hi in ranges):
+        raise SystemExit(f"decode_pairs: each range must lie in 0-{a.tokens}: {a.ranges}")
+    L = import_llama_cpp()
+    L.llama_backend_init()
+    path = model_path(a.model) if not a.model.endswith(".gguf") else Path(a.model)
+    model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+    if not model:
+        raise SystemExit(f"decode_pairs: llama.cpp could not load {path}")
+    specs = a.types.split(",")
+    ctxs = []
+    for spec in specs:
+        env, saved = env_of(spec), {}
+        for k, v in env.items():
+            saved[k] = os.environ.get(k)
+            os.environ[k] = v
+        cp = L.llama_context_default_params()
+        cp.n_ctx = max(1024, a.tokens + 64)
+        cp.n_threads = cp.n_threads_batch = a.threads
+        cp.type_k = cp.type_v = cache_type(spec.split(":")[0]).ggml_id
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        ctx = L.llama_init_from_model(model, cp)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+        if not ctx:
+            raise SystemExit(f"decode_pairs: no context for {spec}")
+        ctxs.append(ctx)
+    batch = L.llama_batch_init(1, 0, 1)
+    secs = [[] for _ in specs]
+    for pos in range(a.tokens):
+        batch.n_tokens = 1
+        batch.token[0], batch.pos[0], batch.n_seq_id[0] = 100 + (pos * 37) % 5000, pos, 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = 1
+        for i, ctx in enumerate(ctxs):
+            t0 = time.perf_counter()
+            if L.llama_decode(ctx, batch) != 0:
+                raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} at position {pos}")
+            secs[i].append(time.perf_counter() - t0)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    lines = [f"`python benchmarks/decode_pairs.py --model {a.model} --types {a.types} --tokens {a.tokens} "
+             f"--ranges {a.ranges} --threads {a.threads}{' --out ' + a.out if a.out else ''}` ({path.name}, flash attention, {a.threads} threads; "
+             f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores): the median over the positions of each "
+             f"cache's speed relative to {specs[0]} (its time for the token over the other's), and "
+             f"{specs[0]}'s median ms per token", "",
+             "| cache | " + " | ".join(f"positions {lo}-{hi}" for lo, hi in ranges) + " |",
+             "|---|" + "---|" * len(ranges)]
+    lines.append(f"| {specs[0]} | " + " | ".join(f"{statistics.median(secs[0][lo:hi]) * 1e3:.2f} ms" for lo, hi in ranges) + " |")
+    for i, spec in enumerate(specs[1:], 1):
+        cells = [f"{statistics.median([r / t for r, t in zip(secs[0][lo:hi], secs[i][lo:hi])]):.3f}x" for lo, hi in ranges]
+        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"decode-pairs-{path.stem}.md"
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
