@@ -154,6 +154,31 @@ def test_masked_keys_are_never_read(isa):
     assert np.isnan(acc[0]).all() and np.isfinite(acc[1]).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_keys_masked_at_both_ends_are_left_out(isa):
+    """Keys every row masks out at either end (a cache's cells past the used ones, a sliding window's
+    before it) are skipped whole tiles at a time, the remaining tiles as they were: the result is the
+    softmax's, bit for bit what the loop gives when those keys weigh 0 through a finite mask (-65504,
+    so that every tile from the first is scored), and the same with NaN codes in the skipped keys."""
+    rng = np.random.default_rng(11)
+    q, kc, vc, mask = _case(rng, "tq3", "tq3", 3, 64, 256, masked=0.0)
+    mask[:, :] = -np.inf
+    mask[0, 40:100] = rng.standard_normal(60)
+    mask[1, 50:120] = mask[2, 50:120] = rng.standard_normal(70)  # rows 1 and 2: one position's mask row
+    mask[1, 60] = mask[2, 60] = -np.inf                           # a dead key among live ones stays dead
+    dead = np.isneginf(mask.astype(np.float64)).all(axis=0)
+    _check(Call(q, kc, vc, "tq3", "tq3", mask), "tq3", "tq3", isa)
+    skipped = Call(q, kc, vc, "tq3", "tq3", mask).run(isa)
+    finite = mask.copy()
+    finite[:, dead] = -65504.0
+    scored = Call(q, kc, vc, "tq3", "tq3", finite).run(isa)
+    kc[dead, :2] = vc[dead, :2] = (0x00, 0x7E)                    # NaN scales: reading one poisons a row
+    poisoned = Call(q, kc, vc, "tq3", "tq3", mask).run(isa)
+    for a, b, c in zip(skipped, scored, poisoned):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
 @pytest.mark.parametrize("field,value,status", [
     ("n_rows", 0, "TQ_ERR_LENGTH"), ("n_rows", 17, "TQ_ERR_LENGTH"), ("dk", 96, "TQ_ERR_LENGTH"),
     ("dv", 1024, "TQ_ERR_LENGTH"), ("n_kv", -1, "TQ_ERR_LENGTH"), ("k_type", 7, "TQ_ERR_TYPE"),

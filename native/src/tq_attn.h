@@ -66,7 +66,29 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
     const int tile = dmax <= 128 ? TQ_ATTN_TILE : TQ_ATTN_TILE * 128 / dmax;
     const char *k = (const char *)a->k, *v = (const char *)a->v;
 
-    for (int64_t j0 = 0; j0 < a->n_kv; j0 += tile) {
+    /* keys that every row masks out at either end, a cache's cells past the used ones (llama.cpp
+     * pads n_kv to 256) or a sliding window's before it, are left out whole tiles at a time, found
+     * on the raw fp16 -inf (0xfc00) so that their tiles' masks are not converted; the tiles that
+     * remain are the same, so the result is the same */
+    int64_t lo = 0, hi = a->n_kv;
+    int trim = 1;
+    for (int r = 0; r < nr; r++) trim &= a->mask[r] != NULL && a->slope[r] > 0.0f;
+    if (trim) {
+        lo = a->n_kv;
+        hi = 0;
+        for (int r = 0; r < nr; r++) {
+            if (r > 0 && a->mask[r] == a->mask[r - 1]) continue;
+            const uint16_t *m = a->mask[r];
+            int64_t e = a->n_kv, b = 0;
+            while (e > hi && m[e - 1] == 0xfc00u) e--;
+            while (b < e && b < lo && m[b] == 0xfc00u) b++;
+            if (e > hi) hi = e;
+            if (b < lo) lo = b;
+        }
+        lo -= lo % tile;
+    }
+
+    for (int64_t j0 = lo; j0 < hi; j0 += tile) {
         int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
         /* mv[r][j]: row r's mask term for key j0 + j (rows of one query position share a mask
          * row: converted once); live[j]: some row attends to the key */
