@@ -41,10 +41,14 @@ def main() -> None:
     ap.add_argument("--types", default="f16,tq3,tq3:rope=post")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--ranges", default="1-64,64-256")
+    ap.add_argument("--prompt", type=int, default=0, help="time prompts of this many tokens instead")
+    ap.add_argument("--rounds", type=int, default=20, help="prompts per cache (with --prompt)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="the table's file (default results/decode-pairs-<model>.md)")
     a = ap.parse_args()
     ranges = [tuple(int(x) for x in r.split("-")) for r in a.ranges.split(",")]
+    if a.prompt:
+        a.tokens, ranges = a.rounds, [(0, a.rounds)]
     if any(lo < 0 or hi > a.tokens or lo >= hi for lo, hi in ranges):
         raise SystemExit(f"decode_pairs: each range must lie in 0-{a.tokens}: {a.ranges}")
     L = import_llama_cpp()
@@ -61,7 +65,8 @@ def main() -> None:
             saved[k] = os.environ.get(k)
             os.environ[k] = v
         cp = L.llama_context_default_params()
-        cp.n_ctx = max(1024, a.tokens + 64)
+        cp.n_ctx = max(1024, a.prompt + 64) if a.prompt else max(1024, a.tokens + 64)
+        cp.n_batch = cp.n_ubatch = max(cp.n_batch, a.prompt)
         cp.n_threads = cp.n_threads_batch = a.threads
         cp.type_k = cp.type_v = cache_type(spec.split(":")[0]).ggml_id
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -74,25 +79,34 @@ def main() -> None:
         if not ctx:
             raise SystemExit(f"decode_pairs: no context for {spec}")
         ctxs.append(ctx)
-    batch = L.llama_batch_init(1, 0, 1)
+    n = max(a.prompt, 1)
+    batch = L.llama_batch_init(n, 0, 1)
     secs = [[] for _ in specs]
-    for pos in range(a.tokens):
-        batch.n_tokens = 1
-        batch.token[0], batch.pos[0], batch.n_seq_id[0] = 100 + (pos * 37) % 5000, pos, 1
-        batch.seq_id[0][0] = 0
-        batch.logits[0] = 1
+    for step in range(a.tokens):
+        # decode: position `step`, one token; prefill: positions 0..n-1 of an emptied cache
+        batch.n_tokens = n
+        for j in range(n):
+            pos = j if a.prompt else step
+            batch.token[j], batch.pos[j], batch.n_seq_id[j] = 100 + (pos * 37) % 5000, pos, 1
+            batch.seq_id[j][0] = 0
+            batch.logits[j] = j == n - 1
         for i, ctx in enumerate(ctxs):
+            if a.prompt:
+                L.llama_memory_clear(L.llama_get_memory(ctx), True)
             t0 = time.perf_counter()
             if L.llama_decode(ctx, batch) != 0:
-                raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} at position {pos}")
+                raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} at step {step}")
             secs[i].append(time.perf_counter() - t0)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    lines = [f"`python benchmarks/decode_pairs.py --model {a.model} --types {a.types} --tokens {a.tokens} "
-             f"--ranges {a.ranges} --threads {a.threads}{' --out ' + a.out if a.out else ''}` ({path.name}, flash attention, {a.threads} threads; "
-             f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores): the median over the positions of each "
-             f"cache's speed relative to {specs[0]} (its time for the token over the other's), and "
-             f"{specs[0]}'s median ms per token", "",
-             "| cache | " + " | ".join(f"positions {lo}-{hi}" for lo, hi in ranges) + " |",
+    what = f"--prompt {a.prompt} --rounds {a.rounds}" if a.prompt else f"--tokens {a.tokens} --ranges {a.ranges}"
+    unit = "prompt" if a.prompt else "token"
+    lines = [f"`python benchmarks/decode_pairs.py --model {a.model} --types {a.types} {what} --threads {a.threads}"
+             f"{' --out ' + a.out if a.out else ''}` ({path.name}, flash attention, {a.threads} threads; "
+             f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores): the median over the {unit}s of each "
+             f"cache's speed relative to {specs[0]} (its time for the {unit} over the other's), and "
+             f"{specs[0]}'s median ms per {unit}", "",
+             "| cache | " + " | ".join(f"prompt of {a.prompt} tokens" if a.prompt else f"positions {lo}-{hi}"
+                                       for lo, hi in ranges) + " |",
              "|---|" + "---|" * len(ranges)]
     lines.append(f"| {specs[0]} | " + " | ".join(f"{statistics.median(secs[0][lo:hi]) * 1e3:.2f} ms" for lo, hi in ranges) + " |")
     for i, spec in enumerate(specs[1:], 1):
@@ -100,7 +114,8 @@ def main() -> None:
         lines.append(f"| {spec} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"decode-pairs-{path.stem}.md"
+    name = f"prefill-pairs-{path.stem}" if a.prompt else f"decode-pairs-{path.stem}"
+    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"{name}.md"
     out.write_text(text)
     print(f"wrote {out}")
 
