@@ -33,14 +33,16 @@ def fattn_test(tmp_path_factory) -> Path:
 def test_key_splits_fill_whole_waves(fattn_test):
     r = subprocess.run([str(fattn_test), "--plans-only"], capture_output=True, text=True, timeout=60)
     lines = [line for line in r.stdout.splitlines() if " plan " in line]
-    assert r.returncode == 0 and len(lines) == 16 and all(line.startswith("PASS") for line in lines), r.stdout
+    assert r.returncode == 0 and len(lines) == 18 and all(line.startswith("PASS") for line in lines), r.stdout
     # 16 sequences of 8K keys on 264 block slots: 2 splits (256 blocks), where 3 left a second wave
     assert "PASS plan 16 x 8K : 32 tiles per split (2 splits), want 32" in lines
+    # a decode step at depth 0 (256 keys, two tiles, 32 blocks): one split, no combine to launch
+    assert "PASS plan 1 x 256 RB 1: 2 tiles per split (1 splits), want 2" in lines
 
 
 def test_short_caches_take_one_row_per_block(fattn_test):
     r = subprocess.run([str(fattn_test), "--plans-only"], capture_output=True, text=True, timeout=60)
-    # a decode step at depth 0 (256 keys, G 4, 8 KV heads): 64 blocks of one row, not 16 of four
+    # a decode step at depth 0 (256 keys, G 4, 8 KV heads): 32 blocks of one row, not 8 of four
     assert "PASS plan 1 x 256   : 1 rows per block, want 1" in r.stdout.splitlines(), r.stdout
     assert "PASS plan 1 x 4K    : 4 rows per block, want 4" in r.stdout.splitlines(), r.stdout
 

@@ -12,7 +12,9 @@
 // of the GPU idle, takes fewer rows per block in more blocks (tq_fa_rows_per_block). Key splits
 // fill the GPU in whole waves at the kernel's occupancy (tq_fa_tiles_per_split); each split writes
 // its running max, sum and unnormalized output, and a small second kernel combines them (a single
-// split writes the output directly).
+// split writes the output directly). A tile whose keys no row of the block sees (found on the mask's
+// raw fp16 -inf a tile ahead: the cells past the used ones, which llama.cpp pads to 256, a sliding
+// window's before it) is neither copied nor scored by the one-row blocks that short caches get.
 //
 // Inside a block (128 threads), per tile of 16384/D keys:
 //  * K phase: a thread takes one 64-value block of two keys (D/64 threads per key, their partial
@@ -61,6 +63,7 @@
 #define TQ_FA_NT  128 // threads per block
 #define TQ_FA_VPT 16  // values of a key per thread
 #define TQ_FA_LOG2E 1.4426950408889634f
+#define TQ_FA_HALF_NINF 0xfc00u // -inf as fp16 bits
 
 // ---- the block layouts as the kernel sees them -------------------------------------------------
 
@@ -444,19 +447,29 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         const int e = tid + TQ_FA_NT * n;
         const int row = r0 + e % RB;
         mptr[n] = nullptr;
-        mraw[n] = 0;
+        mraw[n] = TQ_FA_HALF_NINF;
         if (p.mask && e < RB * TK && row < p.n_rows) {
             mptr[n] = (const uint16_t *) (p.mask + (seq % p.nem3) * p.nbm3 + (row / p.G) * p.nbm1) + e / RB;
         }
     }
+    // raw fp16 -inf where a key is past the split or a row is past the rows (both read as -inf)
     auto mask_load = [&](const int k0) {
 #pragma unroll
         for (int n = 0; n < MPT; ++n) {
             const int e = tid + TQ_FA_NT * n;
-            if (mptr[n] && k0 + e / RB < kend) {
-                mraw[n] = mptr[n][k0];
-            }
+            mraw[n] = mptr[n] && k0 + e / RB < kend ? mptr[n][k0] : TQ_FA_HALF_NINF;
         }
+    };
+    // whether this thread's part of the tile in mraw has a key that some row sees; a tile that no
+    // row sees (a cache's cells past the used ones, which llama.cpp pads to 256; a sliding window's
+    // before it) is neither copied nor scored: its probabilities would all be 0
+    auto mask_live = [&]() {
+        bool any = p.mask == nullptr;
+#pragma unroll
+        for (int n = 0; n < MPT; ++n) {
+            any |= mraw[n] != TQ_FA_HALF_NINF;
+        }
+        return any;
     };
     auto mask_store = [&](const int k0) {
 #pragma unroll
@@ -498,17 +511,25 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         }
     }
 
-    // pipeline: the K tile of t+1 loads during V(t), the V tile of t+1 during K(t+1)
+    // pipeline: the K tile of t+1 loads during V(t), the V tile of t+1 during K(t+1); live: whether
+    // any row sees a key of tile t (the same in every thread). Only the one-row blocks skip dead
+    // tiles: the plan gives short caches one row per block (tq_fa_rows_per_block), and the check cost
+    // the 4-row blocks 4-9 % over long caches (204 registers against 196; H200, harness, 4K-32K keys)
+    constexpr bool SKIP = RB == 1;
+    bool live = false;
     if (ntiles > 0) {
         mask_load(kbeg);
+        live = SKIP ? __syncthreads_or(mask_live()) : true;
         mask_store(kbeg);
         if (ntiles > 1) {
             mask_load(kbeg + TK);
         }
-        stage_k(kbeg);
+        if (live) {
+            stage_k(kbeg);
+        }
     }
     tq_fa_cp_commit();
-    if (ntiles > 0) {
+    if (live) {
         stage_v(kbeg);
     }
     tq_fa_cp_commit();
@@ -523,7 +544,8 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         // ---- K: scores of two keys for every row (the NB threads of a key each do one block) ----
         float sa[RB];
         float sb[RB];
-        {
+        const bool run = !SKIP || live; // the tile is scored and read
+        if (run) {
             const uint32_t kg0 = (uint32_t) (uintptr_t) (Kh + k0 * p.nbk1);
             const int kla = ka;
             const int klb = ka + TK / 2;
@@ -569,45 +591,55 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         }
 
         // ---- the tile's max per row over the block ----
+        if (run) {
 #pragma unroll
-        for (int r = 0; r < RB; ++r) {
-            float mx = fmaxf(sa[r], sb[r]);
+            for (int r = 0; r < RB; ++r) {
+                float mx = fmaxf(sa[r], sb[r]);
 #pragma unroll
-            for (int off = NB; off < 32; off <<= 1) {
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-            }
-            if (lane == 0) {
-                wmax[warp][r] = mx;
+                for (int off = NB; off < 32; off <<= 1) {
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+                }
+                if (lane == 0) {
+                    wmax[warp][r] = mx;
+                }
             }
         }
-        __syncthreads();   // K tile read, warp maxima written
+        // K tile read, warp maxima written; the mask of tile t+1 is in mraw
+        bool live_next = it + 1 < ntiles;
+        if constexpr (SKIP) {
+            live_next = __syncthreads_or(live_next && mask_live());
+        } else {
+            __syncthreads();
+        }
 
-        if (it + 1 < ntiles) {
+        if (live_next) {
             stage_k(k0 + TK);
         }
         tq_fa_cp_commit();
 
         bool moved = false;
         float f[RB];
-#pragma unroll
-        for (int r = 0; r < RB; ++r) {
-            float mn = M[r];
-#pragma unroll
-            for (int w = 0; w < NW; ++w) {
-                mn = fmaxf(mn, wmax[w][r]);
-            }
-            moved |= mn > M[r];
-            f[r] = exp2f(M[r] - mn);
-            M[r] = mn;
-            sa[r] = exp2f(sa[r] - mn);
-            sb[r] = exp2f(sb[r] - mn);
-        }
-        if (kc == 0) {
-            tq_fa_st_rows<RB>(sp + ka * RB, sa);
-            tq_fa_st_rows<RB>(sp + (ka + TK / 2) * RB, sb);
+        if (run) {
 #pragma unroll
             for (int r = 0; r < RB; ++r) {
-                l[r] = l[r] * f[r] + sa[r] + sb[r];
+                float mn = M[r];
+#pragma unroll
+                for (int w = 0; w < NW; ++w) {
+                    mn = fmaxf(mn, wmax[w][r]);
+                }
+                moved |= mn > M[r];
+                f[r] = exp2f(M[r] - mn);
+                M[r] = mn;
+                sa[r] = exp2f(sa[r] - mn);
+                sb[r] = exp2f(sb[r] - mn);
+            }
+            if (kc == 0) {
+                tq_fa_st_rows<RB>(sp + ka * RB, sa);
+                tq_fa_st_rows<RB>(sp + (ka + TK / 2) * RB, sb);
+#pragma unroll
+                for (int r = 0; r < RB; ++r) {
+                    l[r] = l[r] * f[r] + sa[r] + sb[r];
+                }
             }
         }
         // the mask of tile t+1 (its last reader, K(t), is done), then the loads for t+2
@@ -622,7 +654,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         __syncthreads();       // probabilities and the V tile visible
 
         // ---- V: acc += p * v over this thread's keys of the tile ----
-        if (moved) {
+        if (run && moved) {
             // every thread computed the same maxima: a uniform branch, taken rarely after the first tiles
 #pragma unroll
             for (int r = 0; r < RB; ++r) {
@@ -632,7 +664,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
                 }
             }
         }
-        {
+        if (run) {
             const uint32_t vg0 = (uint32_t) (uintptr_t) (Vh + k0 * p.nbv1);
             const uint8_t * Vs = sm + KBUF;
 #pragma unroll 1
@@ -658,10 +690,11 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         }
         __syncthreads();   // V tile and probabilities read
 
-        if (it + 1 < ntiles) {
+        if (live_next) {
             stage_v(k0 + TK);
         }
         tq_fa_cp_commit();
+        live = live_next;
     }
 
     // ---- sums over the block: all threads share the maxima M, so no rescaling is left ----
@@ -867,17 +900,20 @@ static inline bool tq_fa_decode_supported(const tq_fa_decode_args & a) {
 
 // Tiles of keys per split, for ntiles tiles, base blocks per split (row chunks x KV heads x
 // sequences) and slots blocks resident on the GPU at once: the split that finishes first, a block's
-// time being its tiles and the kernel's the waves of blocks times that (ties to fewer splits, which
-// the combine reads). Splitting to fill the GPU "about once" gave 16 sequences of 8K keys 3 splits,
-// 384 blocks where 264 fit, and a second wave as long as the first: 211.3 us against 157.7 us with
-// the 2 splits chosen here (H200, tq3, D 128, 8 KV heads; native/tests/tq_cuda_fattn_test.cu).
-static inline int tq_fa_tiles_per_split(const int ntiles, const int64_t base, const int64_t slots) {
+// time being its tiles and the kernel's the waves of blocks times that, plus one tile for the
+// combine's launch when there are splits (ties to fewer splits). Splitting to fill the GPU "about
+// once" gave 16 sequences of 8K keys 3 splits, 384 blocks where 264 fit, and a second wave as long as
+// the first: 211.3 us against 157.7 us with the 2 splits chosen here (H200, tq3, D 128, 8 KV heads;
+// native/tests/tq_cuda_fattn_test.cu). The combine's tile keeps a cache of two tiles (a decode step
+// at depth 0 reads 256 keys) in one split, whose second tile, dead while fewer than 129 cells are
+// used, costs the block a barrier or two.
+static inline int tq_fa_tiles_per_split(const int ntiles, const int64_t base, const int64_t slots, const int combine_tiles = 1) {
     int64_t best = INT64_MAX;
     int tps_best = ntiles;
     for (int64_t want = 1; want <= ntiles; ++want) {
         const int64_t tps    = (ntiles + want - 1) / want;
         const int64_t splits = (ntiles + tps - 1) / tps;
-        const int64_t cost   = (base * splits + slots - 1) / slots * tps;
+        const int64_t cost   = (base * splits + slots - 1) / slots * tps + (splits > 1 ? combine_tiles : 0);
         if (cost < best) {
             best = cost;
             tps_best = (int) tps;
@@ -912,9 +948,10 @@ static inline int tq_fa_rows_per_block(const int n_rows, const int64_t base, con
 }
 
 // Rows per block (tq_fa_rows_per_block), chunks, and key splits (tq_fa_tiles_per_split).
-// force_splits, force_rb: 0 = choose (the test harness sets them to reach every path)
+// force_splits, force_rb: 0 = choose (the test harness sets them to reach every path); combine_tiles:
+// the combine's launch counted as that many tiles (tq_fa_tiles_per_split; 0 for A/B timing only)
 static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args & a, const int nsm, const int force_splits,
-                                                       const int force_rb = 0) {
+                                                       const int force_rb = 0, const int combine_tiles = 1) {
     tq_fa_decode_plan pl = {};
     const int G = a.n_q_heads / a.n_kv_heads;
     const int n_rows = G * a.n_tokens;
@@ -944,7 +981,7 @@ static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args &
     const int ntiles = (a.n_kv + pl.TK - 1) / pl.TK;
     const int64_t base = (int64_t) pl.n_chunks * a.n_kv_heads * a.n_seq;
     pl.tiles_per_split = force_splits > 0 ? (ntiles + force_splits - 1) / force_splits
-                                          : tq_fa_tiles_per_split(ntiles, base, nsm1 * ki.blocks_per_sm);
+                                          : tq_fa_tiles_per_split(ntiles, base, nsm1 * ki.blocks_per_sm, combine_tiles);
     pl.n_splits = (ntiles + pl.tiles_per_split - 1) / pl.tiles_per_split;
     const size_t rows_total = (size_t) a.n_seq * a.n_tokens * a.n_q_heads;
     pl.scratch_floats = pl.n_splits > 1 ? rows_total * pl.n_splits * (a.D + 2) : 0;
@@ -1019,7 +1056,8 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 
 // FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
 // else, which then takes the generic kernels. For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
-// TQ_CUDA_FA_RB=1|2|4 fixes its rows per block.
+// TQ_CUDA_FA_RB=1|2|4 fixes its rows per block, TQ_CUDA_FA_COMBINE_TILES=0 splits short caches as if
+// the combine cost nothing.
 static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
@@ -1028,6 +1066,10 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
     static const int force_rb = []() {
         const char * e = getenv("TQ_CUDA_FA_RB");
         return e ? atoi(e) : 0;
+    }();
+    static const int combine_tiles = []() {
+        const char * e = getenv("TQ_CUDA_FA_COMBINE_TILES");
+        return e ? atoi(e) : 1;
     }();
     if (!enabled || dst->op != GGML_OP_FLASH_ATTN_EXT) {
         return false;
@@ -1092,7 +1134,7 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
         return false;
     }
 
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0, force_rb);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0, force_rb, combine_tiles);
     if (!pl.kernel) {
         return false;
     }

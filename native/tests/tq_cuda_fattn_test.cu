@@ -7,7 +7,8 @@
 // Options: --quick (fewer, smaller cases; no timing), --plans-only (the key splits' and rows per block's choice, no GPU), --no-perf, --perf-only, --type T (time only T: tq2,
 // tq3, tq4 or tq3t; --bits B is --type tqB), --rb R (force R rows per block in the timing), --reps N,
 // --seqs S --kv N (time S sequences of N keys each instead of one of 32768, as a server's batch reads them),
-// --splits N (force N key splits in the timing).
+// --splits N (force N key splits in the timing), --live N (the timing's mask shows each step only
+// its first N keys, as llama.cpp's padded cache does: a step at depth 0 sees 1-64 of 256).
 // The timing: D 128, G 4, 8 KV heads, one token, 32768 keys, llama.cpp's cache layout, 100 calls
 // after 10 warm-up calls; once on the same buffers (their 19-36 MB stay in a 50-60 MB L2, as they do
 // in test-backend-ops perf) and once rotating over copies larger than 4x the L2 (device memory).
@@ -45,7 +46,10 @@ static const codec CODECS[] = {
 enum { TQ2, TQ3, TQ4, TQ3T, NCODECS };
 static const codec & codec_of(int id) { return CODECS[id]; }
 
-enum { MASK_NONE, MASK_ONE, MASK_PER_SEQ };
+// MASK_WINDOW: one mask whose keys are seen only in [n_kv / 3, n_kv / 3 + n_kv / 4), so that whole
+// tiles at both ends are dead; for the one-row blocks, which skip such tiles, their K and V scales are
+// NaN on the device, which the kernel must never read (the reference reads the codes as they were)
+enum { MASK_NONE, MASK_ONE, MASK_PER_SEQ, MASK_WINDOW };
 
 struct tcase {
     int kb, vb, D, G, ntok, nkv, nkvh, nseq;   // kb, vb: codec ids (TQ2 ...)
@@ -65,6 +69,8 @@ struct problem {
     std::vector<__half> mask;        // [nem3][ntokpad][nkvpad]
     int64_t nbk1, nbk2, nbk3, nbv1, nbv2, nbv3;
     int nem3;
+    int dead_tiles = 0;               // MASK_WINDOW: tiles of keys that no token sees
+    std::vector<uint8_t> k_dead, v_dead; // k, v with NaN scales in those tiles
     float scale;
 
     void * dq = nullptr; uint8_t * dk = nullptr; uint8_t * dv = nullptr; void * dm = nullptr; float * dout = nullptr;
@@ -131,11 +137,40 @@ static void make(problem & P, const tcase & c) {
                     // and some finite biases
                     float mv;
                     const double u = urand();
-                    if (j > c.nkv - c.ntok + t) mv = -INFINITY;
+                    const bool outside = c.mask == MASK_WINDOW && (j < c.nkv / 3 || j >= c.nkv / 3 + c.nkv / 4);
+                    if (j > c.nkv - c.ntok + t || outside) mv = -INFINITY;
                     else if (u < 0.1) mv = -INFINITY;
                     else if (u < 0.3) mv = (float) (-4.0 * urand());
                     else mv = 0.0f;
                     P.mask[((size_t) s * P.ntokpad + t) * P.nkvpad + j] = __float2half(mv);
+                }
+            }
+        }
+    }
+    if (c.mask == MASK_WINDOW) {
+        // the kernel's tiles (tq_fa_decode_kernel: 16384 / D keys; splits start on a tile) that no
+        // token sees: NaN scales in every block of their K and V rows
+        const int TK = 16384 / c.D;
+        const uint16_t nan16 = 0x7e00;
+        P.k_dead = P.k;
+        P.v_dead = P.v;
+        for (int k0 = 0; k0 < c.nkv; k0 += TK) {
+            bool dead = true;
+            for (int t = 0; t < c.ntok && dead; ++t) {
+                for (int j = k0; j < std::min(c.nkv, k0 + TK); ++j) {
+                    dead &= std::isinf(__half2float(P.mask[(size_t) t * P.nkvpad + j]));
+                }
+            }
+            if (!dead) continue;
+            ++P.dead_tiles;
+            for (int s = 0; s < c.nseq; ++s) {
+                for (int h = 0; h < c.nkvh; ++h) {
+                    for (int j = k0; j < std::min(c.nkv, k0 + TK); ++j) {
+                        for (int b = 0; b < c.D / TQ_BLOCK; ++b) {
+                            memcpy(&P.k_dead[s * P.nbk3 + h * P.nbk2 + j * P.nbk1 + b * ck.block_bytes], &nan16, 2);
+                            memcpy(&P.v_dead[s * P.nbv3 + h * P.nbv2 + j * P.nbv1 + b * cv.block_bytes], &nan16, 2);
+                        }
+                    }
                 }
             }
         }
@@ -258,7 +293,13 @@ static bool run_case_rb(const tcase & c, const int force_rb) {
     char desc[256];
     snprintf(desc, sizeof desc, "%s/%s D=%3d G=%d tok=%d kv=%5d kvh=%d seq=%d %-6s mask=%s off=%d",
              codec_of(c.kb).name, codec_of(c.vb).name, c.D, c.G, c.ntok, c.nkv, c.nkvh, c.nseq,
-             c.contig ? "contig" : "inter", c.mask == MASK_NONE ? "none" : c.mask == MASK_ONE ? "one " : "seq ", c.offset);
+             c.contig ? "contig" : "inter",
+             c.mask == MASK_NONE ? "none" : c.mask == MASK_ONE ? "one " : c.mask == MASK_PER_SEQ ? "seq " : "win ", c.offset);
+    if (c.mask == MASK_WINDOW && P.dead_tiles < 2) {
+        printf("FAIL %s: %d dead tiles, want some at both ends\n", desc, P.dead_tiles);
+        release(P);
+        return false;
+    }
     if (!tq_fa_decode_supported(a)) {
         printf("FAIL %s: not supported\n", desc);
         release(P);
@@ -268,6 +309,11 @@ static bool run_case_rb(const tcase & c, const int force_rb) {
     if (force_rb && pl.RB == tq_fa_decode_make_plan(a, g_nsm, c.splits).RB) {
         release(P);
         return true; // the plan's own RB: run once
+    }
+    if (pl.RB == 1 && !P.k_dead.empty()) {
+        // one-row blocks skip the dead tiles: give them NaN scales that any read would spread
+        CK(cudaMemcpy(P.dk, P.k_dead.data(), P.kbytes, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(P.dv, P.v_dead.data(), P.vbytes, cudaMemcpyHostToDevice));
     }
     float * scratch = nullptr;
     if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
@@ -302,6 +348,7 @@ static bool run_case_rb(const tcase & c, const int force_rb) {
 static int g_force_rb = 0;
 static int g_force_splits = 0;
 static int g_reps = 100;
+static int g_live = 0; // keys a step sees (the rest masked, as the cells past the used ones); 0: all
 
 static void perf(int id, int nkv, int nseq, int nbuf) {
     tcase c = { id, id, 128, 4, 1, nkv, 8, nseq, false, MASK_ONE, 0, 0 };
@@ -326,6 +373,7 @@ static void perf(int id, int nkv, int nseq, int nbuf) {
     P.v = P.k;
     P.nem3 = 1; P.ntokpad = 1; P.nkvpad = nkv;
     P.mask.assign((size_t) nkv, __float2half(0.0f));
+    for (int j = g_live > 0 ? g_live : nkv; j < nkv; ++j) P.mask[j] = __float2half(-INFINITY);
 
     CK(cudaMalloc(&P.dq, P.q.size() * sizeof(float)));
     CK(cudaMemcpy(P.dq, P.q.data(), P.q.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -358,8 +406,9 @@ static void perf(int id, int nkv, int nseq, int nbuf) {
     CK(cudaEventElapsedTime(&ms, e0, e1));
     const double us = 1e3 * ms / reps;
     const double bytes = (double) (P.kbytes + P.vbytes);
-    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d%s (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
+    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d%s%s (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
            cd.name, cd.name, nkv, nseq > 1 ? (" seqs=" + std::to_string(nseq)).c_str() : "",
+           g_live > 0 && g_live < nkv ? (" live=" + std::to_string(g_live)).c_str() : "",
            nbuf > 1 ? "rotating buffers, from device memory" : "same buffers, L2-resident if they fit",
            us, bytes / us * 1e-3, bytes * 1e-6, pl.RB, pl.n_chunks, pl.n_splits, pl.n_chunks * c.nkvh * pl.n_splits * nseq, pl.blocks_per_sm);
 
@@ -409,6 +458,8 @@ static int check_plans(int & n) {
         { "32 x 8K",         64, 256,  64 },  // one split: 256 blocks already fill the GPU
         { "64 x 8K",         64, 512,  64 },  // two waves whatever the split: none
         { "one tile",         1,   8,   1 },
+        { "1 x 256 RB 1",     2,  32,   2 },  // depth 0: one split; no combine to launch
+        { "1 x 512 RB 1",     4,  32,   1 },  // 128 blocks of one tile, and the combine
     };
     int fails = 0;
     n = (int) (sizeof want / sizeof want[0]);
@@ -456,7 +507,8 @@ int main(int argc, char ** argv) {
         else if (!strcmp(argv[n], "--seqs") && n + 1 < argc) perf_seqs = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--splits") && n + 1 < argc) g_force_splits = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--kv") && n + 1 < argc) perf_kv = atoi(argv[++n]);
-        else { printf("usage: %s [--quick] [--plans-only] [--no-perf] [--perf-only] [--type tq2|tq3|tq4|tq3t] [--bits 2|3|4] [--rb 1|2|4] [--reps N] [--seqs S] [--kv N] [--splits N]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[n], "--live") && n + 1 < argc) g_live = atoi(argv[++n]);
+        else { printf("usage: %s [--quick] [--plans-only] [--no-perf] [--perf-only] [--type tq2|tq3|tq4|tq3t] [--bits 2|3|4] [--rb 1|2|4] [--reps N] [--seqs S] [--kv N] [--live N] [--splits N]\n", argv[0]); return 2; }
     }
     if (only) {
         int known = 0;
@@ -486,7 +538,11 @@ int main(int argc, char ** argv) {
                 cases.push_back({ kb, vb, D, 4, 1,  100, 2, 1, false, MASK_ONE,     0, 0 });
                 cases.push_back({ kb, vb, D, 8, 2,  100, 1, 2, true,  MASK_PER_SEQ, 0, 0 });
                 cases.push_back({ kb, vb, D, 1, 2,  333, 3, 1, false, MASK_ONE,     2, 0 });
+                cases.push_back({ kb, vb, D, 4, 2, 1500, 2, 2, false, MASK_WINDOW,  2, 0 });
                 if (quick) continue;
+                cases.push_back({ kb, vb, D, 3, 2, 1200, 3, 1, true,  MASK_WINDOW,  0, 1 });
+                cases.push_back({ kb, vb, D, 4, 1, 3000, 2, 1, true,  MASK_WINDOW,  0, 1 });
+                cases.push_back({ kb, vb, D, 2, 1, 2000, 2, 1, false, MASK_WINDOW,  0, 3 });
                 cases.push_back({ kb, vb, D, 1, 8, 4096, 2, 1, false, MASK_ONE,     2, 0 });
                 cases.push_back({ kb, vb, D, 4, 8, 4096, 1, 1, true,  MASK_NONE,    0, 0 });
                 cases.push_back({ kb, vb, D, 4, 2, 4096, 2, 1, false, MASK_ONE,     0, 1 });
