@@ -38,10 +38,13 @@
 # "selftest build test perf bench"), TQ_BENCH_TYPES (default "f16 tq3 q4_0 q8_0 tq4 tq2"),
 # TQ_BENCH_DEPTHS (default 0,8192,32768), TQ_BENCH_PP (prompt sizes, default 0), TQ_BENCH_REPS (default 2),
 # TQ_TARGETS, TQ_PERF_FILTER, TQ_PROFILE_TYPES (the profile's caches, default "f16 tq3 tq3@unfused"),
+# TQ_NCU_ARGS (more ncu options: "--cache-control none --clock-control none" times each kernel with
+# warm caches at the clocks it runs at, nearer a real step than the default's flushed caches),
 # JOBS (default: all cores). A bench type "tq4/tq3t" sets K and V apart;
 # one written "tq3@vec" runs with
 # TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@rb4" with TQ_CUDA_FA_RB=4 (the
-# decode kernel's 4 query rows per block at every depth).
+# decode kernel's 4 query rows per block at every depth), "tq3@c0" with TQ_CUDA_FA_COMBINE_TILES=0 (short
+# caches split as if the combine cost nothing: 2 splits at depth 0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -185,12 +188,12 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=1; rb=0
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@rb4) rb=4 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=1; rb=0; ct=1
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; esac
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb)" >> "$out/bench.log"
-        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
@@ -286,7 +289,7 @@ if want profile && [ "$(left)" -gt 90 ]; then
     for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do
         t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
         [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
-        TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv \
+        TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv ${TQ_NCU_ARGS:-} \
             $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"
         say "ncu $spec rc=$?"
         csvs+=("$out/ncu-${spec/@/-}.csv")
