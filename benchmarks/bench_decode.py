@@ -12,10 +12,14 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
-from tq_llamacpp._libs import tool
-from tq_llamacpp.data import model_path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import machine  # noqa: E402
+
+from tq_llamacpp._libs import tool  # noqa: E402
+from tq_llamacpp.data import model_path  # noqa: E402
 
 
 def main() -> None:
@@ -38,10 +42,9 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/", env=env).stdout
             for row in json.loads(out):
                 runs.setdefault((t, int(row["n_depth"])), []).append(float(row["avg_ts"]))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     lines = [f"`python benchmarks/bench_decode.py --types {a.types} --depths {a.depths} --rounds {a.rounds}` "
-             f"({Path(model).name}, -fa 1 -t {a.threads}, tg64; {datetime.date.today()}, {cpu}, "
-             f"{os.cpu_count()} cores): median tokens/s over the rounds (each round's value in brackets), "
+             f"({Path(model).name}, -fa 1 -t {a.threads}, tg64; {datetime.date.today()}, "
+             f"{machine()}): median tokens/s over the rounds (each round's value in brackets), "
              "and the ratio to f16", "",
              "| cache | " + " | ".join(f"tg64 @ {d}" for d in depths) + " |",
              "|---|" + "---|" * len(depths)]

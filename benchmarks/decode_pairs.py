@@ -2,9 +2,9 @@
 cache, and every token goes through each context in turn before the next token, so that the VM's
 drift (15 % between llama-bench runs on the 2-core machine) falls on all of them alike. Prints and
 writes the median over the tokens of each cache's speed relative to the first cache, per range of
-positions. A cache may carry KV-cache options, `tq3:rope=post` (each `:key=value` is set as
-LLAMA_KV_<KEY>=value while its context is made), and `:rot=off` turns llama.cpp's Hadamard rotation
-off (LLAMA_ATTN_ROT_DISABLE=1: a timing probe, not a usable tq cache).
+positions. A cache may carry KV-cache options, `tq3:rope=post` (each `:key=value` one of the
+package's kv_options, set for its context as the Llama wrapper sets them), and `:rot=off` turns
+llama.cpp's Hadamard rotation off (LLAMA_ATTN_ROT_DISABLE=1: a timing probe, not a usable tq cache).
     python benchmarks/decode_pairs.py [--model smollm2] [--types f16,tq3,tq3:rope=post] [--tokens 256]
         [--ranges 1-64,64-256] [--threads 2] [--out FILE]
 """
@@ -14,25 +14,24 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from tq_llamacpp._libs import import_llama_cpp
-from tq_llamacpp.data import model_path
-from tq_llamacpp.llama import cache_type
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import machine  # noqa: E402
+
+from tq_llamacpp._libs import import_llama_cpp  # noqa: E402
+from tq_llamacpp.data import model_path  # noqa: E402
+from tq_llamacpp.llama import cache_type, kv_options_string, thread_kv_options  # noqa: E402
 
 
-def env_of(spec: str) -> dict[str, str]:
-    env = {}
-    for opt in spec.split(":")[1:]:
-        k, v = opt.split("=", 1)
-        if k == "rot":
-            if v != "off":
-                raise SystemExit(f"decode_pairs: rot=off is the one rot option, not rot={v}")
-            env["LLAMA_ATTN_ROT_DISABLE"] = "1"
-        else:
-            env["LLAMA_KV_" + k.upper()] = v
-    return env
+def options_of(spec: str) -> tuple[str, bool]:
+    """the spec's KV-cache options as the package's option string, and whether rot=off is among them"""
+    opts = [o for o in spec.split(":")[1:] if o != "rot=off"]
+    if any(o.startswith("rot=") for o in opts):
+        raise SystemExit(f"decode_pairs: rot=off is the one rot option: {spec}")
+    return kv_options_string(None, ",".join(opts)), len(opts) < len(spec.split(":")) - 1
 
 
 def main() -> None:
@@ -60,22 +59,23 @@ def main() -> None:
     specs = a.types.split(",")
     ctxs = []
     for spec in specs:
-        env, saved = env_of(spec), {}
-        for k, v in env.items():
-            saved[k] = os.environ.get(k)
-            os.environ[k] = v
+        options, rot_off = options_of(spec)
+        saved = os.environ.get("LLAMA_ATTN_ROT_DISABLE")
+        if rot_off:
+            os.environ["LLAMA_ATTN_ROT_DISABLE"] = "1"
         cp = L.llama_context_default_params()
         cp.n_ctx = max(1024, a.prompt + 64) if a.prompt else max(1024, a.tokens + 64)
         cp.n_batch = cp.n_ubatch = max(cp.n_batch, a.prompt)
         cp.n_threads = cp.n_threads_batch = a.threads
         cp.type_k = cp.type_v = cache_type(spec.split(":")[0]).ggml_id
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        ctx = L.llama_init_from_model(model, cp)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
+        with thread_kv_options(options):
+            ctx = L.llama_init_from_model(model, cp)
+        if rot_off:
+            if saved is None:
+                os.environ.pop("LLAMA_ATTN_ROT_DISABLE")
             else:
-                os.environ[k] = v
+                os.environ["LLAMA_ATTN_ROT_DISABLE"] = saved
         if not ctx:
             raise SystemExit(f"decode_pairs: no context for {spec}")
         ctxs.append(ctx)
@@ -97,12 +97,11 @@ def main() -> None:
             if L.llama_decode(ctx, batch) != 0:
                 raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} at step {step}")
             secs[i].append(time.perf_counter() - t0)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     what = f"--prompt {a.prompt} --rounds {a.rounds}" if a.prompt else f"--tokens {a.tokens} --ranges {a.ranges}"
     unit = "prompt" if a.prompt else "token"
     lines = [f"`python benchmarks/decode_pairs.py --model {a.model} --types {a.types} {what} --threads {a.threads}"
              f"{' --out ' + a.out if a.out else ''}` ({path.name}, flash attention, {a.threads} threads; "
-             f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores): the median over the {unit}s of each "
+             f"{datetime.date.today()}, {machine()}): the median over the {unit}s of each "
              f"cache's speed relative to {specs[0]} (its time for the {unit} over the other's), and "
              f"{specs[0]}'s median ms per {unit}", "",
              "| cache | " + " | ".join(f"prompt of {a.prompt} tokens" if a.prompt else f"positions {lo}-{hi}"

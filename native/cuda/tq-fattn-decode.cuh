@@ -460,9 +460,8 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             mraw[n] = mptr[n] && k0 + e / RB < kend ? mptr[n][k0] : TQ_FA_HALF_NINF;
         }
     };
-    // whether this thread's part of the tile in mraw has a key that some row sees; a tile that no
-    // row sees (a cache's cells past the used ones, which llama.cpp pads to 256; a sliding window's
-    // before it) is neither copied nor scored: its probabilities would all be 0
+    // whether this thread's part of the tile in mraw has a key that some row sees (a tile that no
+    // row sees would have probabilities of 0 only)
     auto mask_live = [&]() {
         bool any = p.mask == nullptr;
 #pragma unroll
