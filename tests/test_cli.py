@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
 import pytest
+
+from tq_llamacpp.data import cache_dir
 
 pytestmark = pytest.mark.model
 EXE = shutil.which("tq-llama")
@@ -19,9 +22,14 @@ def _installed():
 
 def test_compare_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "cmp"
+    # the llama.cpp tools' own default for calibrations is under XDG_CACHE_HOME (or ~/.cache): the
+    # package's runs keep them in TQ_CACHE_DIR/kv-calib, where Llama keeps them and CI starts empty
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     proc = subprocess.run([EXE, "compare", "--types", "tq4,q8_0/tq3", "--ctx", "256", "--chunks", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+                           "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "xdg" / "tq-llamacpp").exists()
+    assert list((cache_dir() / "kv-calib").glob("*.kvcalib"))
     assert "| tq4 | 4.25 |" in proc.stdout and "| q8_0/tq3 | 5.88 |" in proc.stdout
     assert "tq4: 1/1 chunk" in proc.stderr  # progress, a line per step without a terminal
     data = json.loads((out / "compare.json").read_text())

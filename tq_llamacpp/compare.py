@@ -62,10 +62,19 @@ def parse_output(text: str) -> dict[str, Optional[float]]:
     return out
 
 
+def tool_env(env: Optional[dict] = None) -> dict:
+    """The environment for a llama.cpp tool run by the package: its KV centring calibration kept
+    where Llama keeps it (TQ_CACHE_DIR/kv-calib) unless LLAMA_KV_CALIB_DIR says otherwise, so that a
+    model is calibrated once for both and a fresh TQ_CACHE_DIR (CI) starts without calibrations."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("LLAMA_KV_CALIB_DIR", str(cache_dir() / "kv-calib"))
+    return env
+
+
 def _run(cmd: Sequence[str], label: str, chunks: int, progress: bool, env: Optional[dict] = None) -> str:
     """Run llama-perplexity, showing its chunks on a progress bar; return its whole output."""
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            encoding="utf-8", errors="replace", env=env)
+                            encoding="utf-8", errors="replace", env=tool_env(env))
     lines = []
     assert proc.stdout is not None
     with Progress(label, total=chunks, unit="chunk", enabled=progress) as bar:
