@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tq_llamacpp.data import cache_dir
+from tq_llamacpp.data import calib_dir
 
 pytestmark = pytest.mark.model
 EXE = shutil.which("tq-llama")
@@ -29,7 +29,7 @@ def test_compare_writes_table_json_and_plot(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "xdg" / "tq-llamacpp").exists()
-    assert list((cache_dir() / "kv-calib").glob("*.kvcalib"))
+    assert list(calib_dir().glob("*.kvcalib"))
     assert "| tq4 | 4.25 |" in proc.stdout and "| q8_0/tq3 | 5.88 |" in proc.stdout
     assert "tq4: 1/1 chunk" in proc.stderr  # progress, a line per step without a terminal
     data = json.loads((out / "compare.json").read_text())

@@ -58,7 +58,7 @@ def test_sequences_share_the_statistics(tq, smollm2, stats, same):
     with calibrated statistics the cache's are the same whichever prompt came first; with first-ubatch
     statistics they are the first prompt's."""
     from tq_llamacpp.llama import kv_options_string, llama_cpp as L, thread_kv_options
-    from tq_llamacpp.data import cache_dir
+    from tq_llamacpp.data import calib_dir
 
     model = L.llama_model_load_from_file(str(smollm2).encode(), L.llama_model_default_params())
     vocab = L.llama_model_get_vocab(model)
@@ -78,7 +78,7 @@ def test_sequences_share_the_statistics(tq, smollm2, stats, same):
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = 1024, 512, 512, 2, False
         cp.type_k = cp.type_v = 161
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        with thread_kv_options(kv_options_string(None, {"stats": stats, "calib_dir": cache_dir() / "kv-calib"})):
+        with thread_kv_options(kv_options_string(None, {"stats": stats, "calib_dir": calib_dir()})):
             ctx = L.llama_init_from_model(model, cp)
         assert ctx
         for seq, i in enumerate(order):

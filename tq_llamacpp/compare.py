@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ._libs import tool
 from ._progress import Progress
 from .cache_types import pair_name
-from .data import cache_dir
+from .data import cache_dir, calib_dir
 from .llama import check_cache_types, kv_bytes, parse_spec
 
 
@@ -67,7 +67,7 @@ def tool_env(env: Optional[dict] = None) -> dict:
     where Llama keeps it (TQ_CACHE_DIR/kv-calib) unless LLAMA_KV_CALIB_DIR says otherwise, so that a
     model is calibrated once for both and a fresh TQ_CACHE_DIR (CI) starts without calibrations."""
     env = dict(os.environ if env is None else env)
-    env.setdefault("LLAMA_KV_CALIB_DIR", str(cache_dir() / "kv-calib"))
+    env.setdefault("LLAMA_KV_CALIB_DIR", str(calib_dir()))
     return env
 
 

