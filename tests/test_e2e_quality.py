@@ -140,3 +140,30 @@ def test_first_token_coded_exactly(monkeypatch):
     off = {r.type: r.kld_mean for r in compare(model, text, ["tq3", "tq4"], ctx=512, chunks=4)}
     assert on["tq3"] < 0.9 * off["tq3"], (on, off)
     assert on["tq4"] < 0.85 * off["tq4"], (on, off)
+
+
+def test_eight_bit_scales_buy_three_bit_layers_below_three_bits(monkeypatch):
+    """tq2ts/tq3ts (the trellis codes with an 8-bit scale, 0.125 bits per value fewer): at 2.5 bits
+    the bits they free hold 22 of SmolLM2's 60 K and V tensors in 3-bit codes instead of 15. 3 chunks
+    (2026-12-06): tq2ts everywhere 0.160 against tq2t's 0.167; the 22-tensor setting 0.096 (2.49 bits,
+    1.63x rotated q4_0's 0.059) against tq2t with K in tq3t in the first half of the layers, 0.114
+    (2.5 bits). Over 10 chunks and at ctx 4096: docs/results.md."""
+    from tq_llamacpp.compare import compare
+    from tq_llamacpp.llama import kv_bytes
+
+    model, text = model_path("smollm2"), text_path("pride-and-prejudice")
+    plain = {r.type: r for r in compare(model, text, ["tq2ts", "tq2t", "q4_0"], ctx=512, chunks=3)}
+    assert plain["tq2ts"].bits_per_value == 2.125
+    assert plain["tq2ts"].kld_mean < 1.05 * plain["tq2t"].kld_mean
+    layers = {"tq2ts": "k2+6+8+10+11+12+13+16+17+18+19+20+23+26:tq3ts;v1+2+3+4+6+10+11+19:tq3ts",
+              "tq2t": "k0-14:tq3t"}
+    bits = {t: 16 * kv_bytes(model, t, t, kv_options={"layers": spec}) / kv_bytes(model, "f16", "f16")
+            for t, spec in layers.items()}
+    kld = {}
+    for t, spec in layers.items():
+        monkeypatch.setenv("LLAMA_KV_LAYERS", spec)  # as llama-perplexity reads the option
+        kld[t] = compare(model, text, [t], ctx=512, chunks=3)[0].kld_mean
+    assert bits["tq2ts"] <= bits["tq2t"] == 2.5
+    assert kld["tq2ts"] < 0.9 * kld["tq2t"], kld
+    assert kld["tq2ts"] < 2 * plain["q4_0"].kld_mean, (kld, plain["q4_0"].kld_mean)
+

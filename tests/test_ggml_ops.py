@@ -10,7 +10,7 @@ import pytest
 from conftest import backend_ops_test
 
 # `type_dst=tq` alone would also match ggml's ternary types tq1_0/tq2_0
-TQ_TYPE = r"=tq[234][jt]?[,)]"
+TQ_TYPE = r"=tq[234](j|t|ts)?[,)]"
 # op -> (the case filter, the fewest cases patches/0003 adds for it: a lost loop shows as fewer)
 CASES = {
     "SET_ROWS": (TQ_TYPE, 100),

@@ -337,7 +337,7 @@ def test_per_layer_types(tq, smollm2):
         tq.Llama(smollm2, type_k="f16", type_v="tq3", n_ctx=128, verbose=False, kv_options="layers=k0:tq4")
     with pytest.raises(LlamaError, match="layer 30 does not exist \\(the model has 30\\)"):
         tq.Llama(smollm2, type_k="tq3", type_v="tq3", n_ctx=128, verbose=False, kv_options="layers=v2+30:tq4")
-    with pytest.raises(ValueError, match=r"a layer's type must be a tq type \(tq2, tq3, tq4, tq3j, tq4j, tq2t, tq3t\), not 'q8_0'"):
+    with pytest.raises(ValueError, match=r"a layer's type must be a tq type \(tq2, tq3, tq4, tq3j, tq4j, tq2t, tq3t, tq2ts, tq3ts\), not 'q8_0'"):
         tq.Llama(smollm2, type_k="tq3", kv_options="layers=k0-3:q8_0")
     for bad in ("x0:tq4", "k:tq4", "k3-1:tq4", "k0-:tq4", "k0tq4"):
         with pytest.raises(ValueError, match="is not k\\|v<layers>:<tq type>"):

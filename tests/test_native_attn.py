@@ -66,7 +66,8 @@ def _check(call, k_type, v_type, isa, slope=None, scale=0.125, softcap=0.0):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("k_type,v_type", [("tq3", "tq3"), ("tq4", "tq3"), ("tq2", "tq4"), ("tq4j", "tq3j")])
+@pytest.mark.parametrize("k_type,v_type", [("tq3", "tq3"), ("tq4", "tq3"), ("tq2", "tq4"), ("tq4j", "tq3j"),
+                                           ("tq3ts", "tq2ts"), ("tq2t", "tq3ts")])
 @pytest.mark.parametrize("nr,d,n_kv", [(1, 64, 1), (3, 64, 100), (16, 128, 37), (4, 256, 50), (2, 512, 9)])
 def test_matches_numpy(isa, k_type, v_type, nr, d, n_kv):
     rng = np.random.default_rng(nr * 1000 + d + n_kv)
@@ -181,7 +182,7 @@ def test_keys_masked_at_both_ends_are_left_out(isa):
 
 @pytest.mark.parametrize("field,value,status", [
     ("n_rows", 0, "TQ_ERR_LENGTH"), ("n_rows", 17, "TQ_ERR_LENGTH"), ("dk", 96, "TQ_ERR_LENGTH"),
-    ("dv", 1024, "TQ_ERR_LENGTH"), ("n_kv", -1, "TQ_ERR_LENGTH"), ("k_type", 7, "TQ_ERR_TYPE"),
+    ("dv", 1024, "TQ_ERR_LENGTH"), ("n_kv", -1, "TQ_ERR_LENGTH"), ("k_type", int(lib.TQ_TYPE_COUNT), "TQ_ERR_TYPE"),
     ("v_type", -1, "TQ_ERR_TYPE"), ("k", None, "TQ_ERR_NULL"),
 ])
 def test_bad_arguments_touch_nothing(field, value, status):

@@ -139,12 +139,12 @@ def test_c_checks():
     assert lib.tq_rotate(x, x, 96, 0) == lib.TQ_ERR_DIM
     assert lib.tq_unrotate(x, x, 2048, 0) == lib.TQ_ERR_DIM
     assert lib.tq_encode(3, nan, y, 64, 0) == lib.TQ_ERR_NONFINITE
-    assert lib.tq_decode(9, y, x, 64, 0) == lib.TQ_ERR_TYPE
+    assert lib.tq_decode(lib.TQ_TYPE_COUNT, y, x, 64, 0) == lib.TQ_ERR_TYPE
     assert lib.tq_inner_product(4, x, y, 32, 0, out) == lib.TQ_ERR_DIM
     assert lib.tq_codebook(0, x, 16) == lib.TQ_ERR_BITS
     assert lib.tq_codebook(4, x, 15) == lib.TQ_ERR_LENGTH
     assert lib.tq_force_isa(8) == lib.TQ_ERR_ISA
-    assert lib.tq_type_name(7) == ffi.NULL and lib.tq_block_bytes(7) == 0
+    assert lib.tq_type_name(lib.TQ_TYPE_COUNT) == ffi.NULL and lib.tq_block_bytes(lib.TQ_TYPE_COUNT) == 0
     assert lib.tq_type_from_name(b"tq9") == -1 and lib.tq_type_from_name(ffi.NULL) == -1
     assert ffi.string(lib.tq_strerror(1234)) == b"unknown status"
 
@@ -180,8 +180,13 @@ def test_zero_vector_decodes_to_zeros(type):
     assert native.dot(GOOD, native.quantize(zero, type), type) == 0.0
 
 
+S8_TYPES = ("tq2ts", "tq3ts")  # an 8-bit scale code (255: non-finite, 254: the top, 0: zero) in place of fp16
+
+
 def _scale_bits(codes: np.ndarray, type: str, block: int) -> int:
     b = native.block_bytes(type)
+    if type in S8_TYPES:
+        return int(codes[block * b])
     return int(codes[block * b: block * b + 2].view("<u2")[0])
 
 
@@ -196,7 +201,10 @@ def test_row_function_nan_block(type, suffix, bad):
     codes = np.zeros(native.row_bytes(type, 192), np.uint8)
     getattr(lib, f"tq_ggml_quantize_row_{type}{suffix}")(ffi.from_buffer("float[]", x),
                                                       ffi.from_buffer("uint8_t[]", codes), 192)
-    assert _scale_bits(codes, type, 1) & 0x7c00 == 0x7c00 and _scale_bits(codes, type, 1) & 0x3ff
+    if type in S8_TYPES:
+        assert _scale_bits(codes, type, 1) == 255
+    else:
+        assert _scale_bits(codes, type, 1) & 0x7c00 == 0x7c00 and _scale_bits(codes, type, 1) & 0x3ff
     out = native.dequantize(codes, type)
     assert np.isnan(out[64:128]).all()
     good = np.delete(np.arange(192), np.s_[64:128])
@@ -206,10 +214,15 @@ def test_row_function_nan_block(type, suffix, bad):
 @pytest.mark.parametrize("type", native.TYPE_NAMES)
 def test_nan_scale_decodes_to_nan(type):
     codes = codes_of(type)
-    codes[:2] = np.array([0x7e00], "<u2").view(np.uint8)  # block 0: d = fp16 NaN
+    if type in S8_TYPES:
+        codes[0] = 255  # block 0: the non-finite code (there is no infinite one)
+    else:
+        codes[:2] = np.array([0x7e00], "<u2").view(np.uint8)  # block 0: d = fp16 NaN
     out = native.dequantize(codes, type)
     assert np.isnan(out[:64]).all() and np.isfinite(out[64:]).all()
     assert np.isnan(native.dot(GOOD, codes, type))
+    if type in S8_TYPES:
+        return
     codes[:2] = np.array([0x7c00], "<u2").view(np.uint8)  # d = +inf
     assert np.isinf(native.dequantize(codes, type)[:64]).all()
 
@@ -218,7 +231,7 @@ def test_nan_scale_decodes_to_nan(type):
 def test_scale_saturates_at_fp16_max(type):
     x = np.where(np.arange(64) % 2, 1e6, -3e6).astype(F)
     codes = native.quantize(x, type)
-    assert _scale_bits(codes, type, 0) == 0x7bff  # 65504
+    assert _scale_bits(codes, type, 0) == (254 if type in S8_TYPES else 0x7bff)  # 65504, or the 8-bit code's top
     out = native.dequantize(codes, type)
     assert np.isfinite(out).all() and np.abs(out).max() < 1e6
 

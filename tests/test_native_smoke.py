@@ -28,8 +28,8 @@ def test_one_call():
 
 def test_constants():
     assert native.BLOCK == 64
-    assert native.TYPE_NAMES == ("tq2", "tq3", "tq4", "tq3j", "tq4j", "tq2t", "tq3t")
-    assert [native.bits_per_value(t) for t in native.TYPE_NAMES] == [2.25, 3.25, 4.25, 3.5, 4.5, 2.25, 3.25]
+    assert native.TYPE_NAMES == ("tq2", "tq3", "tq4", "tq3j", "tq4j", "tq2t", "tq3t", "tq2ts", "tq3ts")
+    assert [native.bits_per_value(t) for t in native.TYPE_NAMES] == [2.25, 3.25, 4.25, 3.5, 4.5, 2.25, 3.25, 2.125, 3.125]
     for t in native.TYPE_NAMES:
         info = native.type_info(t)
         assert ffi.sizeof(f"block_{t}") == info.block_bytes  # cffi checked the field layout at load

@@ -1,7 +1,8 @@
 """The trellis-coded types tq2t/tq3t (native/include/tq-math.h, "trellis-coded quantization") against
 a numpy reference written from the description there: the same 8-state trellis, Viterbi search,
 scale refits and byte layout, in float32 in the C codec's order of operations, so the bytes must be
-equal. Then their error against the Lloyd-Max types of the same bits."""
+equal. Then their error against the Lloyd-Max types of the same bits. tq2ts/tq3ts, the same codes
+with an 8-bit logarithmic scale, likewise."""
 from __future__ import annotations
 
 import re
@@ -73,8 +74,8 @@ def refit(bits: int, x: np.ndarray, idx: np.ndarray):
     return fold16((x * c).astype(F)), fold16((c * c).astype(F))
 
 
-def reference_blocks(bits: int, x: np.ndarray) -> np.ndarray:
-    """tq_quantize_block_tq{2,3}t for finite, non-zero blocks within the fp16 range."""
+def reference_scale(bits: int, x: np.ndarray):
+    """The unbiased scale (float32) that tq_tcq_quantize_with stores, and its path."""
     sumsq = fold16((x * x).astype(F))
     rms = np.sqrt((sumsq * F(1 / 64)).astype(F)).astype(F)
     d0 = (rms * F(0.875)).astype(F)
@@ -83,8 +84,37 @@ def reference_blocks(bits: int, x: np.ndarray) -> np.ndarray:
     d1 = (xc / cc).astype(F)
     idx, u = viterbi(bits, x, (F(1) / d1).astype(F))
     xc, cc = refit(bits, x, idx)
-    d = (sumsq / xc).astype(F)  # the unbiased scale
-    out = [d.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    return (sumsq / xc).astype(F), idx, u  # the unbiased scale
+
+
+# the 8-bit scale of tq2ts/tq3ts: code e = 1..254 is 2^((e - 144) / 16); 0 a zero block, 255 NaN
+S8_BIAS = 144
+MANTISSA = np.array([np.float32(2.0 ** (k / 16)) for k in range(16)], dtype=F)
+
+
+def scale8_value(e: np.ndarray) -> np.ndarray:
+    t = e.astype(np.int64) - S8_BIAS
+    v = (MANTISSA[t & 15] * np.ldexp(F(1), t >> 4).astype(F)).astype(F)
+    return np.where(e == 0, F(0), np.where(e == 255, F(np.nan), v)).astype(F)
+
+
+def scale8_code(d: np.ndarray) -> np.ndarray:
+    """The code nearest to d in ratio: the e with v(e) <= d < v(e+1), then e + 1 where d^2 >= v(e) v(e+1)
+    (in float64, where those products are exact); the range's ends as tq_scale8_from_float."""
+    grid = scale8_value(np.arange(1, 255))  # increasing
+    e = np.searchsorted(grid, d, side="right")  # v(e) <= d, e = 0 below v(1)
+    lo = grid[np.clip(e - 1, 0, 253)].astype(np.float64)
+    hi = grid[np.clip(e, 0, 253)].astype(np.float64)
+    up = (d.astype(np.float64) ** 2 >= lo * hi) & (e >= 1) & (e < 254)
+    e = e + up
+    below = d < F(0.5) * grid[0]
+    e = np.where(e >= 1, e, np.where(below, 0, 1))
+    return np.minimum(e, 254).astype(np.uint8)
+
+
+def pack(bits: int, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """A block's code bytes (tq_tcq_store_codes)"""
+    out = []
     level = idx >> 2
     if bits == 3:  # level bits in tq2's 2-bit plane: value j in byte j % 16, bits 2 * (j // 16)
         planes = sum(level[:, 16 * g:16 * g + 16] << (2 * g) for g in range(4))
@@ -96,15 +126,33 @@ def reference_blocks(bits: int, x: np.ndarray) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
-def reference_decode(bits: int, blocks: np.ndarray) -> np.ndarray:
-    d = blocks[:, :2].copy().view(np.float16).astype(F)[:, 0]
-    if bits == 3:
-        planes = blocks[:, 2:18].astype(np.int64)
-        level = np.concatenate([(planes >> (2 * g)) & 3 for g in range(4)], axis=1)
-        ubytes = blocks[:, 18:26]
+def reference_blocks(bits: int, x: np.ndarray) -> np.ndarray:
+    """tq_quantize_block_tq{2,3}t for finite, non-zero blocks within the fp16 range."""
+    d, idx, u = reference_scale(bits, x)
+    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), pack(bits, idx, u)], axis=1)
+
+
+def reference_blocks_s8(bits: int, x: np.ndarray) -> np.ndarray:
+    """tq_quantize_block_tq{2,3}ts for finite, non-zero blocks: tq{2,3}t's codes, and its scale rounded
+    to fp16, then to the 8-bit code (a block whose code is 0 keeps no codes)."""
+    d, idx, u = reference_scale(bits, x)
+    e = scale8_code(d.astype(np.float16).astype(F))
+    idx, u = np.where(e[:, None] == 0, 0, idx), np.where(e[:, None] == 0, 0, u)
+    return np.concatenate([e[:, None], pack(bits, idx, u)], axis=1)
+
+
+def reference_decode(bits: int, blocks: np.ndarray, s8: bool = False) -> np.ndarray:
+    if s8:
+        d, blocks = scale8_value(blocks[:, 0]), blocks[:, 1:]
     else:
-        ubytes = blocks[:, 2:10]
-        level = np.unpackbits(blocks[:, 10:18], axis=1, bitorder="little").astype(np.int64)
+        d, blocks = blocks[:, :2].copy().view(np.float16).astype(F)[:, 0], blocks[:, 2:]
+    if bits == 3:
+        planes = blocks[:, 0:16].astype(np.int64)
+        level = np.concatenate([(planes >> (2 * g)) & 3 for g in range(4)], axis=1)
+        ubytes = blocks[:, 16:24]
+    else:
+        ubytes = blocks[:, 0:8]
+        level = np.unpackbits(blocks[:, 8:16], axis=1, bitorder="little").astype(np.int64)
     u = np.unpackbits(ubytes, axis=1, bitorder="little").astype(np.int64)
     prev = [np.pad(u, ((0, 0), (t, 0)))[:, :64] for t in range(4)]  # u_j-t, zero before the block
     k = 2 * (prev[0] ^ prev[1] ^ prev[2] ^ prev[3]) + prev[1]
@@ -132,6 +180,84 @@ def test_decode_equals_the_reference(type):
     codes = native.quantize(gaussian_blocks(300, seed=9).reshape(-1), type).reshape(300, -1)
     got = native.dequantize(codes.reshape(-1), type).reshape(300, 64)
     np.testing.assert_array_equal(got, reference_decode(bits, codes))
+
+
+S8_TYPES = {"tq2ts": 2, "tq3ts": 3}
+
+
+@pytest.mark.parametrize("type", S8_TYPES)
+def test_scale8_table(type):
+    """Every one of the 256 scale codes decodes as the reference's table, in which each scale is
+    2^(1/16) above the one before (to float rounding), from 2^-8.94 to 2^6.88; 0 is zero, 255 NaN."""
+    bits = S8_TYPES[type]
+    e = np.arange(256)
+    v = scale8_value(e)
+    assert v[0] == 0 and np.isnan(v[255])
+    np.testing.assert_allclose(np.log2(v[1:255].astype(np.float64)), (e[1:255] - S8_BIAS) / 16, atol=1e-7)
+    blocks = np.random.default_rng(5).integers(0, 256, (256, native.block_bytes(type)), dtype=np.uint8)
+    blocks[:, 0] = e
+    got = native.dequantize(blocks.reshape(-1), type).reshape(256, 64)
+    np.testing.assert_array_equal(got, reference_decode(bits, blocks, s8=True))
+
+
+@pytest.mark.parametrize("type", S8_TYPES)
+def test_s8_codes_equal_the_reference(type):
+    bits = S8_TYPES[type]
+    rng = np.random.default_rng(17)
+    x = gaussian_blocks(800, seed=7)
+    # block scales across and beyond the code's range (2^-8.94 .. 2^6.88): flushed to zero below half
+    # its bottom, clamped at its top
+    x *= np.exp2(rng.uniform(-11, 9, 800)).astype(F)[:, None]
+    got = native.quantize(x.reshape(-1), type).reshape(len(x), -1)
+    want = reference_blocks_s8(bits, x)
+    assert got.shape == want.shape == (len(x), native.block_bytes(type))
+    assert {0, 1, 254} <= set(np.unique(got[:, 0]))  # the range's ends were reached
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("type", S8_TYPES)
+def test_s8_decode_equals_the_reference(type):
+    bits = S8_TYPES[type]
+    x = gaussian_blocks(300, seed=9) * np.exp2(np.random.default_rng(3).uniform(-8, 6, 300)).astype(F)[:, None]
+    codes = native.quantize(x.reshape(-1), type).reshape(300, -1)
+    got = native.dequantize(codes.reshape(-1), type).reshape(300, 64)
+    np.testing.assert_array_equal(got, reference_decode(bits, codes, s8=True))
+
+
+@pytest.mark.parametrize("type,fp16_type", [("tq2ts", "tq2t"), ("tq3ts", "tq3t")])
+def test_s8_costs_little_error_for_an_eighth_of_a_bit(unit_blocks, type, fp16_type):
+    """The 8-bit scale saves 0.125 bits per value for at most 1 % more squared error on Gaussian blocks,
+    and keeps each block along itself to within half a step of the scale (2^(1/32), after fp16)."""
+    assert native.bits_per_value(type) == native.bits_per_value(fp16_type) - 0.125
+    got, base = mse(unit_blocks, type), mse(unit_blocks, fp16_type)
+    assert base <= got <= 1.01 * base, (got, base)
+    x = unit_blocks[:3000].astype(np.float64)
+    xhat = native.dequantize(native.quantize(unit_blocks[:3000].reshape(-1), type), type).reshape(x.shape)
+    ratio = np.log2((x * xhat).sum(axis=1) / (x * x).sum(axis=1))
+    assert np.abs(ratio).max() < 1 / 32 + 2.0**-10
+    assert abs(ratio.mean()) < 0.002  # rounding in the log domain: no drift either way
+
+
+@pytest.mark.parametrize("type", S8_TYPES)
+def test_s8_edge_blocks(type):
+    """A zero block codes to zero bytes, a non-finite one to the NaN code 255 (row functions) and a
+    refusal (tq_quantize), a tiny one to a zero block, a huge one to the top code."""
+    zero = np.zeros(64, dtype=F)
+    assert not native.quantize(zero, type).any()
+    bad = gaussian_blocks(1, seed=3)[0]
+    bad[5] = np.inf
+    with pytest.raises(ValueError, match="infinity at index 5"):
+        native.quantize(bad, type)
+    from tq_llamacpp._native import ffi, lib
+    src = np.ascontiguousarray(np.concatenate([bad, zero]))
+    row = np.zeros(2 * native.block_bytes(type), dtype=np.uint8)
+    getattr(lib, f"tq_ggml_quantize_row_{type}")(ffi.cast("float *", src.ctypes.data), ffi.cast("void *", row.ctypes.data), 128)
+    assert row[0] == 255 and not row[1:].any()
+    assert np.isnan(native.dequantize(row[:native.block_bytes(type)], type)).all()
+    tiny = gaussian_blocks(1, seed=4)[0] * F(1e-4)
+    assert not native.quantize(tiny, type).any()
+    big = gaussian_blocks(1, seed=4)[0] * F(1e6)
+    assert native.quantize(big, type)[0] == 254
 
 
 def mse(x: np.ndarray, type: str) -> float:

@@ -145,6 +145,20 @@ def test_logits_over_rpc_match_local(smollm2, server, types):
     assert (remote.argmax(axis=1) == local.argmax(axis=1)).mean() >= 0.8
 
 
+@pytest.mark.parametrize("types,kv_options,message", [
+    (("tq2ts", "tq2ts"), None, r"K cache type tq2ts of layer 0 runs on the CPU only.*use tq2t"),
+    (("tq3t", "tq3t"), {"layers": "v4:tq3ts"}, r"V cache type tq3ts of layer 4 runs on the CPU only.*use tq3t"),
+])
+def test_cpu_only_types_are_refused_on_a_server(smollm2, tq, server, types, kv_options, message):
+    """tq2ts/tq3ts have no code but the CPU's: a cache that would sit in a server's memory (or a
+    GPU's) is refused when the context is made, naming the layer and what to use instead."""
+    from tq_llamacpp.errors import LlamaError
+
+    with pytest.raises(LlamaError, match=message):
+        tq.Llama(smollm2, type_k=types[0], type_v=types[1], kv_options=kv_options, rpc_servers=server.endpoint,
+                 n_ctx=256, verbose=False)
+
+
 def test_state_saved_over_rpc_loads_there_and_here(smollm2, server, tmp_path):
     """A state saved from a cache on the server restores there exactly, and loads into a local
     Llama with the same cache, which continues as the server does."""

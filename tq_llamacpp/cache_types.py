@@ -60,6 +60,8 @@ CACHE_TYPES: dict[str, CacheType] = {
         CacheType("tq3j", 163, 64, 28),
         CacheType("tq3t", 166, 64, 26),
         CacheType("tq2t", 165, 64, 18),
+        CacheType("tq3ts", 168, 64, 25),
+        CacheType("tq2ts", 167, 64, 17),
     )
 }
 _BY_ID = {t.ggml_id: t for t in CACHE_TYPES.values()}

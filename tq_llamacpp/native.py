@@ -7,7 +7,8 @@ silently, since a hidden float64 -> float32 copy changes both cost and precision
 
 Shapes: a 1-D array is one row; a 2-D array is a batch of rows. Codes are np.uint8 arrays of
 whole blocks (row_bytes(type, n) bytes for n values); bytes, bytearray and memoryview are read as codes
-too. Types are named "tq2", "tq3", "tq4", "tq3j", "tq4j", "tq2t", "tq3t" (TYPE_NAMES; case ignored, as everywhere).
+too. Types are named "tq2", "tq3", "tq4", "tq3j", "tq4j", "tq2t", "tq3t", "tq2ts", "tq3ts" (TYPE_NAMES; case ignored,
+as everywhere).
 """
 from __future__ import annotations
 
@@ -232,7 +233,8 @@ def _quantize(fn, x: np.ndarray, type: str, name: str) -> np.ndarray:
 
 def quantize(x: np.ndarray, type: str) -> np.ndarray:
     """Code rows of float32 values (last dimension a multiple of BLOCK) with the type's own scale: for
-    tq2/tq3/tq4/tq2t/tq3t the unbiased one (<x, x_hat> = <x, x> per block), for tq3j/tq4j least squares."""
+    tq2/tq3/tq4/tq2t/tq3t the unbiased one (<x, x_hat> = <x, x> per block), for tq3j/tq4j least squares;
+    tq2ts/tq3ts round the unbiased scale to their 8-bit code."""
     return _quantize(lib.tq_quantize, x, type, "quantize")
 
 

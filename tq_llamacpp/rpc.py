@@ -91,7 +91,7 @@ def _probe_tensor(ggml_id: int, type_size: int, block: int) -> bytes:
                         0, 0, 0, b"tq-probe", 0)
 
 
-def check_server(endpoint: str, types: Iterable[Union[str, CacheType]] = ("tq4", "tq3", "tq2", "tq4j", "tq3j", "tq3t", "tq2t"),
+def check_server(endpoint: str, types: Iterable[Union[str, CacheType]] = ("tq4", "tq3", "tq2", "tq4j", "tq3j", "tq3t", "tq2t", "tq3ts", "tq2ts"),
                  timeout: float = _TIMEOUT_S) -> tuple[int, int, int]:
     """Connect to a ggml-rpc-server, check its protocol version and that it stores each tq type
     with this package's block layout; return its version. RpcError says what is wrong."""

@@ -18,6 +18,8 @@
  * value j (the decoder shifts the whole word to find every value's trellis state at once):
  *   branch word qu[8]:   branch bit of value j    = (qu[j / 8] >> (j % 8)) & 1
  *   level bits:          tq3t in a 2-bit plane qs[16] as above, tq2t in a word ql[8] like qu
+ * tq2ts and tq3ts hold the same codes as tq2t and tq3t in the same order behind a one-byte scale
+ * code e (tq-math.h, tq_scale8_to_float): 2.125 and 3.125 bits per value.
  */
 #ifndef TQ_BLOCKS_H
 #define TQ_BLOCKS_H
@@ -57,6 +59,18 @@ typedef struct {
     uint8_t qu[TQ_BLOCK / 8];
 } block_tq3t;
 
+typedef struct {
+    uint8_t e;
+    uint8_t qu[TQ_BLOCK / 8];
+    uint8_t ql[TQ_BLOCK / 8];
+} block_tq2ts;
+
+typedef struct {
+    uint8_t e;
+    uint8_t qs[TQ_BLOCK / 4];
+    uint8_t qu[TQ_BLOCK / 8];
+} block_tq3ts;
+
 /* TurboQuant_prod (QJL): a (b-1)-bit MSE code, then the signs of S*r for the residual
  * r = x - x_mse under a fixed randomized Hadamard S, and gamma = |r| (fp16). */
 typedef struct {
@@ -84,6 +98,8 @@ TQ_STATIC_ASSERT(sizeof(block_tq3) == 2 + 16 + 8, "block_tq3 size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq4) == 2 + 32, "block_tq4 size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq2t) == 2 + 8 + 8, "block_tq2t size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3t) == 2 + 16 + 8, "block_tq3t size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tq2ts) == 1 + 8 + 8, "block_tq2ts size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tq3ts) == 1 + 16 + 8, "block_tq3ts size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3j) == 4 + 16 + 8, "block_tq3j size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq4j) == 4 + 16 + 8 + 8, "block_tq4j size/padding");
 

@@ -461,30 +461,101 @@ TQ_HOST_DEVICE tq_half tq_tcq_quantize_with(int bits, const float *x, uint8_t id
     return tq_store_scale(scale == TQ_SCALE_UNBIASED ? tq_unbiased_scale(sumsq, xc, d2) : d2);
 }
 
-/* The block's bytes from its codes: tq2t (bits 2) or tq3t (bits 3), layouts in tq-blocks.h */
-TQ_HOST_DEVICE void tq_tcq_store(int bits, tq_half d, uint8_t idx[TQ_BLOCK], uint64_t u, void *y) {
+/* The code bytes of a trellis block (tq-blocks.h), from its first byte after the scale: tq2t/tq2ts
+ * (bits 2) the branch word, then the level word; tq3t/tq3ts the level plane, then the branch word */
+TQ_HOST_DEVICE void tq_tcq_store_codes(int bits, uint8_t idx[TQ_BLOCK], uint64_t u, uint8_t *q) {
     if (bits == 2) {
-        block_tq2t *b = (block_tq2t *)y;
         uint64_t l = 0;
         TQ_UNROLL
         for (int j = 0; j < TQ_BLOCK; j++) l |= (uint64_t)(idx[j] >> 2) << j;
-        b->d = d;
-        tq_store_word(u, b->qu);
-        tq_store_word(l, b->ql);
+        tq_store_word(u, q);
+        tq_store_word(l, q + 8);
     } else {
-        block_tq3t *b = (block_tq3t *)y;
         TQ_UNROLL
         for (int j = 0; j < TQ_BLOCK; j++) idx[j] >>= 2;
-        b->d = d;
-        tq_pack2(idx, b->qs);
-        tq_store_word(u, b->qu);
+        tq_pack2(idx, q);
+        tq_store_word(u, q + 16);
     }
 }
 
+/* The block's bytes from its codes: tq2t (bits 2) or tq3t (bits 3) */
+TQ_HOST_DEVICE void tq_tcq_store(int bits, tq_half d, uint8_t idx[TQ_BLOCK], uint64_t u, void *y) {
+    memcpy(y, &d, sizeof d);
+    tq_tcq_store_codes(bits, idx, u, (uint8_t *)y + sizeof d);
+}
+
+/* ---- the 8-bit scale of tq2ts/tq3ts: code e = 1..254 stands for d = 2^((e - TQ_S8_BIAS) / 16),
+ * from 2^-8.94 (0.0021) to 2^6.88 (117) in steps of 4.4 %, which covers the block scales of the
+ * models measured here (native/README.md); e = 0 is an all-zero block, e = 255 a non-finite one. A
+ * scale above the range is clamped to its top (the block's values shrink to fit); one below half
+ * its bottom becomes a zero block. ---- */
+#define TQ_S8_BIAS 144
+#define TQ_S8_NAN 255
+
+/* 2^(k/16) rounded to float (tests/test_native_tcq.py checks them) */
+TQ_HOST_DEVICE float tq_s8_mantissa(int k) {
+    const float m[16] = {0x1p+0f,          0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f,
+                         0x1.306fe0p+0f,   0x1.3dea64p+0f, 0x1.4bfdaep+0f, 0x1.5ab07ep+0f,
+                         0x1.6a09e6p+0f,   0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+                         0x1.ae89fap+0f,   0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
+    return m[k];
+}
+
+/* exact: a mantissa times a power of two */
+TQ_HOST_DEVICE float tq_scale8_to_float(uint8_t e) {
+    if (e == 0) return 0.0f;
+    if (e == TQ_S8_NAN) return NAN;
+    const int t = (int)e - TQ_S8_BIAS; /* t = 16 * (t >> 4) + (t & 15): >> floors */
+    const uint32_t p2 = (uint32_t)(127 + (t >> 4)) << 23; /* 2^(t >> 4), a normal float for every e */
+    float f;
+    memcpy(&f, &p2, sizeof f);
+    return TQ_MUL(tq_s8_mantissa(t & 15), f);
+}
+
+/* The code whose scale is nearest to d in ratio: the e with v(e) <= d < v(e + 1), or e + 1 where
+ * d^2 >= v(e) v(e + 1) (products of floats, exact in double, so every ISA and the tests' numpy
+ * reference round alike). */
+TQ_HOST_DEVICE uint8_t tq_scale8_from_float(float d) {
+    if (d != d) return TQ_S8_NAN;
+    if (!(d > 0.0f)) return 0;
+    const float top = tq_scale8_to_float(TQ_S8_NAN - 1);
+    if (d >= top) return TQ_S8_NAN - 1;
+    int x;
+    const float f = 2.0f * frexpf(d, &x); /* d = f * 2^(x - 1), f in [1, 2) */
+    int k = 0;
+    while (k < 15 && tq_s8_mantissa(k + 1) <= f) k++;
+    int e = 16 * (x - 1) + k + TQ_S8_BIAS;
+    const double lo = (double)ldexpf(tq_s8_mantissa(k), x - 1);
+    const double hi = k == 15 ? ldexp(1.0, x) : (double)ldexpf(tq_s8_mantissa(k + 1), x - 1);
+    if ((double)d * (double)d >= lo * hi) e++;
+    if (e >= 1) return (uint8_t)e;
+    return d >= 0.5f * tq_scale8_to_float(1) ? 1 : 0;
+}
+
+/* tq2ts/tq3ts: tq_tcq_quantize_with's codes, its scale rounded to the 8-bit code. The codes are not
+ * searched again at the rounded scale: that lowers the squared error (a search at a fixed scale is
+ * a least-squares fit) but shrinks every block towards zero again, the bias that the unbiased scale
+ * removes (native/README.md, Scale); rounding in the log domain leaves the scale unbiased to within
+ * half a step either way. */
+TQ_HOST_DEVICE uint8_t tq_tcq_quantize_s8(int bits, const float *x, uint8_t idx[TQ_BLOCK], uint64_t *u, int scale,
+                                          tq_tcq_forward_fn fwd) {
+    const uint8_t e = tq_scale8_from_float(tq_fp16_to_fp32(tq_tcq_quantize_with(bits, x, idx, u, scale, fwd)));
+    if (e == 0 || e == TQ_S8_NAN) {
+        memset(idx, 0, TQ_BLOCK);
+        *u = 0;
+    }
+    return e;
+}
+
+/* The block's bytes: tq2ts (bits 2) or tq3ts (bits 3) */
+TQ_HOST_DEVICE void tq_tcq_store_s8(int bits, uint8_t e, uint8_t idx[TQ_BLOCK], uint64_t u, void *y) {
+    *(uint8_t *)y = e;
+    tq_tcq_store_codes(bits, idx, u, (uint8_t *)y + 1);
+}
+
 /* value j = d * A[4 * level_j + k_j], k_j from the branch word */
-TQ_HOST_DEVICE void tq_tcq_dequant(int bits, uint64_t u, const uint8_t level[TQ_BLOCK], tq_half dh, float *x) {
+TQ_HOST_DEVICE void tq_tcq_dequant(int bits, uint64_t u, const uint8_t level[TQ_BLOCK], float d, float *x) {
     const float *A = tq_codebook_for(bits + 1);
-    const float d = tq_fp16_to_fp32(dh);
     uint64_t z1, z0;
     tq_tcq_subset_words(u, &z1, &z0);
     TQ_UNROLL
@@ -652,18 +723,48 @@ TQ_HOST_DEVICE void tq_dequantize_block_tq4j(const block_tq4j *y, float *x) {
     tq_qjl_add(tq_fp16_to_fp32(y->gamma), y->qj, x);
 }
 
-TQ_HOST_DEVICE void tq_dequantize_block_tq2t(const block_tq2t *y, float *x) {
+/* the trellis types from their code bytes (tq_tcq_store_codes) and scale */
+TQ_HOST_DEVICE void tq_tcq_dequant_codes(int bits, const uint8_t *q, float d, float *x) {
     uint8_t c[TQ_BLOCK];
-    const uint64_t l = tq_load_word(y->ql);
-    TQ_UNROLL
-    for (int j = 0; j < TQ_BLOCK; j++) c[j] = (uint8_t)((l >> j) & 1u);
-    tq_tcq_dequant(2, tq_load_word(y->qu), c, y->d, x);
+    if (bits == 2) {
+        const uint64_t l = tq_load_word(q + 8);
+        TQ_UNROLL
+        for (int j = 0; j < TQ_BLOCK; j++) c[j] = (uint8_t)((l >> j) & 1u);
+        tq_tcq_dequant(2, tq_load_word(q), c, d, x);
+    } else {
+        tq_unpack2(q, c);
+        tq_tcq_dequant(3, tq_load_word(q + 16), c, d, x);
+    }
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq2t(const block_tq2t *y, float *x) {
+    tq_tcq_dequant_codes(2, y->qu, tq_fp16_to_fp32(y->d), x);
 }
 
 TQ_HOST_DEVICE void tq_dequantize_block_tq3t(const block_tq3t *y, float *x) {
+    tq_tcq_dequant_codes(3, y->qs, tq_fp16_to_fp32(y->d), x);
+}
+
+TQ_HOST_DEVICE void tq_quantize_block_tq2ts(const float *x, block_tq2ts *y, int rms_scale) {
     uint8_t c[TQ_BLOCK];
-    tq_unpack2(y->qs, c);
-    tq_tcq_dequant(3, tq_load_word(y->qu), c, y->d, x);
+    uint64_t u;
+    const uint8_t e = tq_tcq_quantize_s8(2, x, c, &u, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_UNBIASED, tq_tcq_forward);
+    tq_tcq_store_s8(2, e, c, u, y);
+}
+
+TQ_HOST_DEVICE void tq_quantize_block_tq3ts(const float *x, block_tq3ts *y, int rms_scale) {
+    uint8_t c[TQ_BLOCK];
+    uint64_t u;
+    const uint8_t e = tq_tcq_quantize_s8(3, x, c, &u, rms_scale ? TQ_SCALE_RMS : TQ_SCALE_UNBIASED, tq_tcq_forward);
+    tq_tcq_store_s8(3, e, c, u, y);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq2ts(const block_tq2ts *y, float *x) {
+    tq_tcq_dequant_codes(2, y->qu, tq_scale8_to_float(y->e), x);
+}
+
+TQ_HOST_DEVICE void tq_dequantize_block_tq3ts(const block_tq3ts *y, float *x) {
+    tq_tcq_dequant_codes(3, y->qs, tq_scale8_to_float(y->e), x);
 }
 
 #endif

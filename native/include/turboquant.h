@@ -40,7 +40,9 @@ typedef enum {
     TQ_TYPE_TQ4J = 4, /* QJL: 3-bit codes + 1-bit residual signs, 4.5 bits/value */
     TQ_TYPE_TQ2T = 5, /* trellis-coded (TCQ), 2 bits/value: 2.25 bits/value */
     TQ_TYPE_TQ3T = 6, /* trellis-coded (TCQ), 3 bits/value: 3.25 bits/value */
-    TQ_TYPE_COUNT = 7
+    TQ_TYPE_TQ2TS = 7, /* tq2t's codes with an 8-bit scale: 2.125 bits/value */
+    TQ_TYPE_TQ3TS = 8, /* tq3t's codes with an 8-bit scale: 3.125 bits/value */
+    TQ_TYPE_COUNT = 9
 } tq_type;
 
 typedef enum {

@@ -718,6 +718,22 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     }
     layer_k = o.layer_k;
     layer_v = o.layer_v;
+    // tq2ts/tq3ts have CPU code only: a layer whose cache sits in a GPU's (or an RPC server's)
+    // memory would reach a backend that cannot write or read it
+    for (int32_t il = 0; offload && il < (int32_t) hparams.n_layer_all; ++il) {
+        if (!has_layer(il) || ggml_backend_buft_is_host(ggml_backend_dev_buffer_type(model.dev_layer(il)))) {
+            continue;
+        }
+        for (const bool is_k : { true, false }) {
+            const ggml_type t = layer_type(il, is_k);
+            if (ggml_type_is_tq_s8(t)) {
+                throw std::runtime_error(std::string("the ") + (is_k ? "K" : "V") + " cache type " + ggml_type_name(t) +
+                    " of layer " + std::to_string(il) + " runs on the CPU only, and this layer's cache is on " +
+                    ggml_backend_dev_name(model.dev_layer(il)) + ": keep the KV cache on the CPU (offload_kqv off, "
+                    "--no-kv-offload) or use " + (t == GGML_TYPE_TQ2TS ? "tq2t" : "tq3t"));
+            }
+        }
+    }
     center_k = o.center == tq_center_mode::automatic ? ggml_type_is_tq(tk)
                                                      : o.center != tq_center_mode::off && ggml_is_quantized(tk);
     center_v = o.center == tq_center_mode::kv && ggml_is_quantized(tv) && !is_mla;

@@ -18,6 +18,8 @@ static const struct {
     [TQ_TYPE_TQ4J] = {"tq4j", 3, 1, sizeof(block_tq4j)},
     [TQ_TYPE_TQ2T] = {"tq2t", 2, 0, sizeof(block_tq2t)},
     [TQ_TYPE_TQ3T] = {"tq3t", 3, 0, sizeof(block_tq3t)},
+    [TQ_TYPE_TQ2TS] = {"tq2ts", 2, 0, sizeof(block_tq2ts)},
+    [TQ_TYPE_TQ3TS] = {"tq3ts", 3, 0, sizeof(block_tq3ts)},
 };
 
 #define VALID(t) ((unsigned)(t) < TQ_TYPE_COUNT)
@@ -209,6 +211,8 @@ TQ_GGML_DEFINE(tq3j, TQ_TYPE_TQ3J)
 TQ_GGML_DEFINE(tq4j, TQ_TYPE_TQ4J)
 TQ_GGML_DEFINE(tq2t, TQ_TYPE_TQ2T)
 TQ_GGML_DEFINE(tq3t, TQ_TYPE_TQ3T)
+TQ_GGML_DEFINE(tq2ts, TQ_TYPE_TQ2TS)
+TQ_GGML_DEFINE(tq3ts, TQ_TYPE_TQ3TS)
 
 tq_status tq_ggml_attn_f32(const tq_attn_args *a) {
     if (!a || !a->k || !a->v || !a->M || !a->S || !a->acc) return TQ_ERR_NULL;

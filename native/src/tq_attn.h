@@ -1,8 +1,8 @@
 /* The flash-attention loop over tq K/V rows (tq_ggml_attn_f32), written once and instantiated by
  * each ISA file, which defines before including it:
  *   TQ_ATTN_NAME                         the kernel's name
- *   TQ_ATTN_OWN_DECODERS                 (optional) decode tq2/tq3/tq4/tq2t/tq3t rows with the
- *                                        file's own dequantize_tq2/3/4/2t/3t, inlined; else (the
+ *   TQ_ATTN_OWN_DECODERS                 (optional) decode tq2/tq3/tq4/tq2t/tq3t/tq2ts/tq3ts rows
+ *                                        with the file's own dequantize_*, inlined; else (the
  *                                        portable file, which NEON shares) and for the QJL types,
  *                                        the active table's
  *   attn_dot(a, b, n)                    sum of a[i] * b[i]
@@ -50,6 +50,8 @@ static inline void attn_decode(int type, const void *row, float *out, int n) {
     case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); return;
     case TQ_TYPE_TQ2T: dequantize_tq2t(row, out, (size_t)n / TQ_BLOCK); return;
     case TQ_TYPE_TQ3T: dequantize_tq3t(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ2TS: dequantize_tq2ts(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ3TS: dequantize_tq3ts(row, out, (size_t)n / TQ_BLOCK); return;
     default: break;
     }
 #endif

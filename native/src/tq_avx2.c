@@ -320,7 +320,7 @@ static inline void tcq_spread64(uint64_t w, __m256i one, __m256i c[2]) {
 
 /* qs: tq3t's level plane (value j in byte j % 16, bits 2 * (j / 16)), or NULL and tq2t's level word
  * l (bit j = value j's level) */
-static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, const uint8_t *qu, tq_half dh,
+static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, const uint8_t *qu, float scale,
                                      float *out) {
     uint64_t z1, z0;
     tq_tcq_subset_words(tq_load_word(qu), &z1, &z0);
@@ -335,26 +335,38 @@ static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, co
     tcq_spread64(z1, _mm256_set1_epi8(2), s1);
     tcq_spread64(z0, _mm256_set1_epi8(1), s0);
     for (int h = 0; h < 2; h++) c[h] = _mm256_or_si256(c[h], _mm256_or_si256(s1[h], s0[h]));
-    const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
+    const __m256 d = _mm256_set1_ps(scale);
     lookup16(planes_for(bits + 1), c[0], d, out);
     lookup16(planes_for(bits + 1), c[1], d, out + 32);
 }
 
-static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
-    const block_tq2t *y = (const block_tq2t *)vy;
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(2, NULL, tq_load_word(y[i].ql), y[i].qu, y[i].d, x + i * TQ_BLOCK);
-}
-static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
-    const block_tq3t *y = (const block_tq3t *)vy;
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(3, y[i].qs, 0, y[i].qu, y[i].d, x + i * TQ_BLOCK);
+/* a trellis block's scale: fp16 (tq2t, tq3t) or the 8-bit code (tq2ts, tq3ts) */
+static inline float tcq_scale(int s8, const uint8_t *blk) {
+    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
 }
 
-static inline float tcq_dot(int bits, const float *q, const void *vy, size_t nb) {
+/* one block from its first byte; its code bytes (tq_tcq_store_codes) follow the scale */
+static inline void tcq_dequant_one(int bits, int s8, const uint8_t *blk, float *out) {
+    const uint8_t *q = blk + (s8 ? 1 : sizeof(tq_half));
+    if (bits == 3) tcq_dequant_block(3, q, 0, q + 16, tcq_scale(s8, blk), out);
+    else tcq_dequant_block(2, NULL, tq_load_word(q + 8), q, tcq_scale(s8, blk), out);
+}
+
+static inline void tcq_dequant_rows(int bits, int s8, const void *vy, float *x, size_t nb) {
+    const size_t bytes = (s8 ? 1 : sizeof(tq_half)) + (bits == 3 ? 24 : 16);
+    for (size_t i = 0; i < nb; i++) tcq_dequant_one(bits, s8, (const uint8_t *)vy + i * bytes, x + i * TQ_BLOCK);
+}
+static void dequantize_tq2t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 0, vy, x, nb); }
+static void dequantize_tq3t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 0, vy, x, nb); }
+static void dequantize_tq2ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 1, vy, x, nb); }
+static void dequantize_tq3ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 1, vy, x, nb); }
+
+static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, size_t nb) {
+    const size_t bytes = (s8 ? 1 : sizeof(tq_half)) + (bits == 3 ? 24 : 16);
     float x[TQ_BLOCK] __attribute__((aligned(32)));
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {
-        if (bits == 3) dequantize_tq3t((const block_tq3t *)vy + i, x, 1);
-        else dequantize_tq2t((const block_tq2t *)vy + i, x, 1);
+        tcq_dequant_one(bits, s8, (const uint8_t *)vy + i * bytes, x);
         for (int g = 0; g < 8; g += 2) {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), _mm256_load_ps(x + 8 * g), a0);
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g + 8), _mm256_load_ps(x + 8 * g + 8), a1);
@@ -362,8 +374,10 @@ static inline float tcq_dot(int bits, const float *q, const void *vy, size_t nb)
     }
     return hsum(_mm256_add_ps(a0, a1));
 }
-static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, q, vy, nb); }
-static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, q, vy, nb); }
+static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, 0, q, vy, nb); }
+static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, 0, q, vy, nb); }
+static float dot_tq2ts(const float *q, const void *vy, size_t nb) { return tcq_dot(2, 1, q, vy, nb); }
+static float dot_tq3ts(const float *q, const void *vy, size_t nb) { return tcq_dot(3, 1, q, vy, nb); }
 
 /* ---- attention (tq_attn.h) ---- */
 
@@ -448,6 +462,12 @@ void tq_kernels_avx2(tq_kernels *k) {
     k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
     k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
     k->dot[TQ_TYPE_TQ3T] = dot_tq3t;
+    k->quantize[TQ_TYPE_TQ2TS] = quantize_tq2ts;
+    k->quantize[TQ_TYPE_TQ3TS] = quantize_tq3ts;
+    k->dequantize[TQ_TYPE_TQ2TS] = dequantize_tq2ts;
+    k->dequantize[TQ_TYPE_TQ3TS] = dequantize_tq3ts;
+    k->dot[TQ_TYPE_TQ2TS] = dot_tq2ts;
+    k->dot[TQ_TYPE_TQ3TS] = dot_tq3ts;
     k->attn = attn_avx2;
 }
 

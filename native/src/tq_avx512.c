@@ -273,18 +273,17 @@ static float dot_tq4(const float *q, const void *vy, size_t nb) {
 
 #include "tq_tcq_x86.h"
 
-static inline void tcq_unpack(int bits, const void *blk, __m512i idx[4]) {
+/* q: a block's code bytes (tq_tcq_store_codes), after its scale */
+static inline void tcq_unpack(int bits, const uint8_t *q, __m512i idx[4]) {
     uint64_t z1, z0;
     __m512i base[4];
     if (bits == 3) {
-        const block_tq3t *b = (const block_tq3t *)blk;
-        tq_tcq_subset_words(tq_load_word(b->qu), &z1, &z0);
-        const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b->qs)), m3 = _mm512_set1_epi32(3);
+        tq_tcq_subset_words(tq_load_word(q + 16), &z1, &z0);
+        const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q)), m3 = _mm512_set1_epi32(3);
         for (int r = 0; r < 4; r++) base[r] = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a, 2 * r), m3), 2);
     } else {
-        const block_tq2t *b = (const block_tq2t *)blk;
-        tq_tcq_subset_words(tq_load_word(b->qu), &z1, &z0);
-        const uint64_t l = tq_load_word(b->ql);
+        tq_tcq_subset_words(tq_load_word(q), &z1, &z0);
+        const uint64_t l = tq_load_word(q + 8);
         for (int r = 0; r < 4; r++)
             base[r] = _mm512_maskz_mov_epi32((__mmask16)(l >> (16 * r)), _mm512_set1_epi32(4));
     }
@@ -294,38 +293,49 @@ static inline void tcq_unpack(int bits, const void *blk, __m512i idx[4]) {
     }
 }
 
-static inline void tcq_dequant_block(int bits, const void *blk, tq_half dh, float *out) {
+static inline void tcq_dequant_block(int bits, const uint8_t *q, float scale, float *out) {
     const __m512 ctab = codebook_table(bits + 1);
     __m512i idx[4];
-    tcq_unpack(bits, blk, idx);
-    const __m512 d = _mm512_set1_ps(tq_fp16_to_fp32(dh));
+    tcq_unpack(bits, q, idx);
+    const __m512 d = _mm512_set1_ps(scale);
     for (int r = 0; r < 4; r++) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(d, _mm512_permutexvar_ps(idx[r], ctab)));
 }
 
-static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
-    const block_tq2t *y = (const block_tq2t *)vy;
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(2, y + i, y[i].d, x + i * TQ_BLOCK);
-}
-static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
-    const block_tq3t *y = (const block_tq3t *)vy;
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(3, y + i, y[i].d, x + i * TQ_BLOCK);
+/* a trellis block's scale: fp16 (tq2t, tq3t) or the 8-bit code (tq2ts, tq3ts) */
+static inline float tcq_scale(int s8, const uint8_t *blk) {
+    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
 }
 
-static inline float tcq_dot(int bits, const float *q, const void *vy, size_t bytes, size_t nb) {
+static inline void tcq_dequant_rows(int bits, int s8, const void *vy, float *x, size_t nb) {
+    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    for (size_t i = 0; i < nb; i++) {
+        const uint8_t *blk = (const uint8_t *)vy + i * bytes;
+        tcq_dequant_block(bits, blk + hdr, tcq_scale(s8, blk), x + i * TQ_BLOCK);
+    }
+}
+static void dequantize_tq2t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 0, vy, x, nb); }
+static void dequantize_tq3t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 0, vy, x, nb); }
+static void dequantize_tq2ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 1, vy, x, nb); }
+static void dequantize_tq3ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 1, vy, x, nb); }
+
+static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, size_t nb) {
+    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
     const __m512 ctab = codebook_table(bits + 1);
     __m512 acc = _mm512_setzero_ps();
     for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {
-        const void *blk = (const uint8_t *)vy + i * bytes;
+        const uint8_t *blk = (const uint8_t *)vy + i * bytes;
         __m512i idx[4];
-        tcq_unpack(bits, blk, idx);
+        tcq_unpack(bits, blk + hdr, idx);
         __m512 s = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_permutexvar_ps(idx[0], ctab));
         for (int r = 1; r < 4; r++) s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * r), _mm512_permutexvar_ps(idx[r], ctab), s);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(tq_fp16_to_fp32(*(const tq_half *)blk)), s, acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(tcq_scale(s8, blk)), s, acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
-static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, q, vy, sizeof(block_tq2t), nb); }
-static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, q, vy, sizeof(block_tq3t), nb); }
+static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, 0, q, vy, nb); }
+static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, 0, q, vy, nb); }
+static float dot_tq2ts(const float *q, const void *vy, size_t nb) { return tcq_dot(2, 1, q, vy, nb); }
+static float dot_tq3ts(const float *q, const void *vy, size_t nb) { return tcq_dot(3, 1, q, vy, nb); }
 
 /* ---- attention (tq_attn.h) ---- */
 
@@ -420,6 +430,12 @@ void tq_kernels_avx512(tq_kernels *k) {
     k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
     k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
     k->dot[TQ_TYPE_TQ3T] = dot_tq3t;
+    k->quantize[TQ_TYPE_TQ2TS] = quantize_tq2ts;
+    k->quantize[TQ_TYPE_TQ3TS] = quantize_tq3ts;
+    k->dequantize[TQ_TYPE_TQ2TS] = dequantize_tq2ts;
+    k->dequantize[TQ_TYPE_TQ3TS] = dequantize_tq3ts;
+    k->dot[TQ_TYPE_TQ2TS] = dot_tq2ts;
+    k->dot[TQ_TYPE_TQ3TS] = dot_tq3ts;
     k->attn = attn_avx512;
 }
 

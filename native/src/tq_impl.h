@@ -67,14 +67,23 @@ const tq_kernels *tq_portable_kernels(void);
 static const uint8_t tq_tcq_spread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0x14, 0x15,
                                            0x40, 0x41, 0x44, 0x45, 0x50, 0x51, 0x54, 0x55};
 
-/* tq2t/tq3t rows coded with a SIMD file's Viterbi forward pass (which must find tq_tcq_forward's path) */
-static inline void tq_tcq_quantize_rows(int bits, const float *x, void *vy, size_t nb, tq_tcq_forward_fn forward) {
-    const size_t bytes = bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t);
+/* tq2t/tq3t rows (s8 0), or tq2ts/tq3ts rows (s8 1), coded with a SIMD file's Viterbi forward pass
+ * (which must find tq_tcq_forward's path) */
+static inline void tq_tcq_quantize_rows(int bits, int s8, const float *x, void *vy, size_t nb,
+                                        tq_tcq_forward_fn forward) {
+    const size_t bytes = s8 ? (bits == 2 ? sizeof(block_tq2ts) : sizeof(block_tq3ts))
+                            : (bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t));
     uint8_t c[TQ_BLOCK];
     uint64_t u;
     for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {
-        const tq_half d = tq_tcq_quantize_with(bits, x, c, &u, TQ_SCALE_UNBIASED, forward);
-        tq_tcq_store(bits, d, c, u, (uint8_t *)vy + i * bytes);
+        uint8_t *y = (uint8_t *)vy + i * bytes;
+        if (s8) {
+            const uint8_t e = tq_tcq_quantize_s8(bits, x, c, &u, TQ_SCALE_UNBIASED, forward);
+            tq_tcq_store_s8(bits, e, c, u, y);
+        } else {
+            const tq_half d = tq_tcq_quantize_with(bits, x, c, &u, TQ_SCALE_UNBIASED, forward);
+            tq_tcq_store(bits, d, c, u, y);
+        }
     }
 }
 

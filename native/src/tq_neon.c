@@ -217,8 +217,8 @@ static inline void unpack(int bits, const uint8_t *qs, const uint8_t *qh, uint8x
 }
 
 /* d * the centroids of the 64 codes c (unpack's order) */
-static inline void lookup_block(const uint8x16x4_t tab, const uint8x16_t c[4], tq_half dh, float *out) {
-    const float32x4_t d = vdupq_n_f32(tq_fp16_to_fp32(dh));
+static inline void lookup_block(const uint8x16x4_t tab, const uint8x16_t c[4], float scale, float *out) {
+    const float32x4_t d = vdupq_n_f32(scale);
     for (int r = 0; r < 4; r++) {
         float32x4_t v[4];
         lookup16(c[r], tab, v);
@@ -227,7 +227,7 @@ static inline void lookup_block(const uint8x16x4_t tab, const uint8x16_t c[4], t
 }
 
 /* acc + d * <q, the centroids of the 64 codes c> */
-static inline float32x4_t dot_codes(const uint8x16x4_t tab, const uint8x16_t c[4], tq_half dh, const float *q,
+static inline float32x4_t dot_codes(const uint8x16x4_t tab, const uint8x16_t c[4], float scale, const float *q,
                                     float32x4_t acc) {
     float32x4_t s[4], v[4];
     lookup16(c[0], tab, v);
@@ -237,21 +237,21 @@ static inline float32x4_t dot_codes(const uint8x16x4_t tab, const uint8x16_t c[4
         for (int i = 0; i < 4; i++) s[i] = vfmaq_f32(s[i], vld1q_f32(q + 16 * r + 4 * i), v[i]);
     }
     float32x4_t t = vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]));
-    return vfmaq_f32(acc, t, vdupq_n_f32(tq_fp16_to_fp32(dh)));
+    return vfmaq_f32(acc, t, vdupq_n_f32(scale));
 }
 
 static inline void dequant_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
                                  const uint8_t *qh, float *out) {
     uint8x16_t c[4];
     unpack(bits, qs, qh, c);
-    lookup_block(tab, c, dh, out);
+    lookup_block(tab, c, tq_fp16_to_fp32(dh), out);
 }
 
 static inline float32x4_t dot_block(int bits, const uint8x16x4_t tab, tq_half dh, const uint8_t *qs,
                                     const uint8_t *qh, const float *q, float32x4_t acc) {
     uint8x16_t c[4];
     unpack(bits, qs, qh, c);
-    return dot_codes(tab, c, dh, q, acc);
+    return dot_codes(tab, c, tq_fp16_to_fp32(dh), q, acc);
 }
 
 static void dequantize_tq2(const void *vy, float *x, size_t nb) {
@@ -366,8 +366,10 @@ static int tcq_forward_neon(int bits, const float *x, float inv, uint8_t back[TQ
     return tq_tcq_end_state(c);
 }
 
-static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, x, vy, nb, tcq_forward_neon); }
-static void quantize_tq3t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, x, vy, nb, tcq_forward_neon); }
+static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, 0, x, vy, nb, tcq_forward_neon); }
+static void quantize_tq3t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, 0, x, vy, nb, tcq_forward_neon); }
+static void quantize_tq2ts(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, 1, x, vy, nb, tcq_forward_neon); }
+static void quantize_tq3ts(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, 1, x, vy, nb, tcq_forward_neon); }
 
 /* bit j of w (j = 0..63) as `one` in byte j % 16 of c[j / 16]: byte j takes byte j / 8 of w (a
  * table lookup in the broadcast word), then bit j % 8 of it */
@@ -397,46 +399,49 @@ static inline void tcq_indices(const uint8_t *qs, uint64_t l, const uint8_t *qu,
     for (int r = 0; r < 4; r++) c[r] = vorrq_u8(c[r], vorrq_u8(s1[r], s0[r]));
 }
 
-static inline void tcq_dequant_block(const uint8x16x4_t tab, const uint8_t *qs, uint64_t l, const uint8_t *qu,
-                                     tq_half dh, float *out) {
-    uint8x16_t c[4];
-    tcq_indices(qs, l, qu, c);
-    lookup_block(tab, c, dh, out);
+/* q: a block's code bytes (tq_tcq_store_codes), after its scale */
+static inline void tcq_block_indices(int bits, const uint8_t *q, uint8x16_t c[4]) {
+    if (bits == 3) tcq_indices(q, 0, q + 16, c);
+    else tcq_indices(NULL, tq_load_word(q + 8), q, c);
 }
 
-static inline float32x4_t tcq_dot_block(const uint8x16x4_t tab, const uint8_t *qs, uint64_t l, const uint8_t *qu,
-                                        tq_half dh, const float *q, float32x4_t acc) {
-    uint8x16_t c[4];
-    tcq_indices(qs, l, qu, c);
-    return dot_codes(tab, c, dh, q, acc);
+/* a trellis block's scale: fp16 (tq2t, tq3t) or the 8-bit code (tq2ts, tq3ts) */
+static inline float tcq_scale(int s8, const uint8_t *blk) {
+    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
 }
 
-static void dequantize_tq2t(const void *vy, float *x, size_t nb) {
-    const block_tq2t *y = (const block_tq2t *)vy;
-    const uint8x16x4_t tab = codebook_table(3);
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(tab, NULL, tq_load_word(y[i].ql), y[i].qu, y[i].d, x + i * TQ_BLOCK);
-}
-static void dequantize_tq3t(const void *vy, float *x, size_t nb) {
-    const block_tq3t *y = (const block_tq3t *)vy;
-    const uint8x16x4_t tab = codebook_table(4);
-    for (size_t i = 0; i < nb; i++) tcq_dequant_block(tab, y[i].qs, 0, y[i].qu, y[i].d, x + i * TQ_BLOCK);
+static inline void tcq_dequant_rows(int bits, int s8, const void *vy, float *x, size_t nb) {
+    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    const uint8x16x4_t tab = codebook_table(bits + 1);
+    for (size_t i = 0; i < nb; i++) {
+        const uint8_t *blk = (const uint8_t *)vy + i * bytes;
+        uint8x16_t c[4];
+        tcq_block_indices(bits, blk + hdr, c);
+        lookup_block(tab, c, tcq_scale(s8, blk), x + i * TQ_BLOCK);
+    }
 }
 
-static float dot_tq2t(const float *q, const void *vy, size_t nb) {
-    const block_tq2t *y = (const block_tq2t *)vy;
-    const uint8x16x4_t tab = codebook_table(3);
+static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, size_t nb) {
+    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    const uint8x16x4_t tab = codebook_table(bits + 1);
     float32x4_t acc = vdupq_n_f32(0.0f);
-    for (size_t i = 0; i < nb; i++)
-        acc = tcq_dot_block(tab, NULL, tq_load_word(y[i].ql), y[i].qu, y[i].d, q + i * TQ_BLOCK, acc);
+    for (size_t i = 0; i < nb; i++) {
+        const uint8_t *blk = (const uint8_t *)vy + i * bytes;
+        uint8x16_t c[4];
+        tcq_block_indices(bits, blk + hdr, c);
+        acc = dot_codes(tab, c, tcq_scale(s8, blk), q + i * TQ_BLOCK, acc);
+    }
     return vaddvq_f32(acc);
 }
-static float dot_tq3t(const float *q, const void *vy, size_t nb) {
-    const block_tq3t *y = (const block_tq3t *)vy;
-    const uint8x16x4_t tab = codebook_table(4);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    for (size_t i = 0; i < nb; i++) acc = tcq_dot_block(tab, y[i].qs, 0, y[i].qu, y[i].d, q + i * TQ_BLOCK, acc);
-    return vaddvq_f32(acc);
-}
+
+static void dequantize_tq2t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 0, vy, x, nb); }
+static void dequantize_tq3t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 0, vy, x, nb); }
+static void dequantize_tq2ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 1, vy, x, nb); }
+static void dequantize_tq3ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 1, vy, x, nb); }
+static float dot_tq2t(const float *q, const void *vy, size_t nb) { return tcq_dot(2, 0, q, vy, nb); }
+static float dot_tq3t(const float *q, const void *vy, size_t nb) { return tcq_dot(3, 0, q, vy, nb); }
+static float dot_tq2ts(const float *q, const void *vy, size_t nb) { return tcq_dot(2, 1, q, vy, nb); }
+static float dot_tq3ts(const float *q, const void *vy, size_t nb) { return tcq_dot(3, 1, q, vy, nb); }
 
 /* ---- attention (tq_attn.h) ---- */
 
@@ -514,6 +519,12 @@ void tq_kernels_neon(tq_kernels *k) {
     k->dequantize[TQ_TYPE_TQ3T] = dequantize_tq3t;
     k->dot[TQ_TYPE_TQ2T] = dot_tq2t;
     k->dot[TQ_TYPE_TQ3T] = dot_tq3t;
+    k->quantize[TQ_TYPE_TQ2TS] = quantize_tq2ts;
+    k->quantize[TQ_TYPE_TQ3TS] = quantize_tq3ts;
+    k->dequantize[TQ_TYPE_TQ2TS] = dequantize_tq2ts;
+    k->dequantize[TQ_TYPE_TQ3TS] = dequantize_tq3ts;
+    k->dot[TQ_TYPE_TQ2TS] = dot_tq2ts;
+    k->dot[TQ_TYPE_TQ3TS] = dot_tq3ts;
     k->attn = attn_neon;
 }
 

@@ -46,6 +46,8 @@ static void quantize_rows(tq_type type, const float *x, void *vy, size_t nb, int
         case TQ_TYPE_TQ4J: tq_quantize_block_tq4j(x, (block_tq4j *)vy + i, rms_scale); break;
         case TQ_TYPE_TQ2T: tq_quantize_block_tq2t(x, (block_tq2t *)vy + i, rms_scale); break;
         case TQ_TYPE_TQ3T: tq_quantize_block_tq3t(x, (block_tq3t *)vy + i, rms_scale); break;
+        case TQ_TYPE_TQ2TS: tq_quantize_block_tq2ts(x, (block_tq2ts *)vy + i, rms_scale); break;
+        case TQ_TYPE_TQ3TS: tq_quantize_block_tq3ts(x, (block_tq3ts *)vy + i, rms_scale); break;
         default: break;
         }
     }
@@ -61,6 +63,8 @@ static void dequantize_rows(tq_type type, const void *vy, float *x, size_t nb) {
         case TQ_TYPE_TQ4J: tq_dequantize_block_tq4j((const block_tq4j *)vy + i, x); break;
         case TQ_TYPE_TQ2T: tq_dequantize_block_tq2t((const block_tq2t *)vy + i, x); break;
         case TQ_TYPE_TQ3T: tq_dequantize_block_tq3t((const block_tq3t *)vy + i, x); break;
+        case TQ_TYPE_TQ2TS: tq_dequantize_block_tq2ts((const block_tq2ts *)vy + i, x); break;
+        case TQ_TYPE_TQ3TS: tq_dequantize_block_tq3ts((const block_tq3ts *)vy + i, x); break;
         default: break;
         }
     }
@@ -82,6 +86,8 @@ TQ_PORTABLE_QUANTIZE(tq3j, TQ_TYPE_TQ3J)
 TQ_PORTABLE_QUANTIZE(tq4j, TQ_TYPE_TQ4J)
 TQ_PORTABLE_QUANTIZE(tq2t, TQ_TYPE_TQ2T)
 TQ_PORTABLE_QUANTIZE(tq3t, TQ_TYPE_TQ3T)
+TQ_PORTABLE_QUANTIZE(tq2ts, TQ_TYPE_TQ2TS)
+TQ_PORTABLE_QUANTIZE(tq3ts, TQ_TYPE_TQ3TS)
 TQ_PORTABLE_DEQUANTIZE(tq2, TQ_TYPE_TQ2)
 TQ_PORTABLE_DEQUANTIZE(tq3, TQ_TYPE_TQ3)
 TQ_PORTABLE_DEQUANTIZE(tq4, TQ_TYPE_TQ4)
@@ -89,6 +95,8 @@ TQ_PORTABLE_DEQUANTIZE(tq3j, TQ_TYPE_TQ3J)
 TQ_PORTABLE_DEQUANTIZE(tq4j, TQ_TYPE_TQ4J)
 TQ_PORTABLE_DEQUANTIZE(tq2t, TQ_TYPE_TQ2T)
 TQ_PORTABLE_DEQUANTIZE(tq3t, TQ_TYPE_TQ3T)
+TQ_PORTABLE_DEQUANTIZE(tq2ts, TQ_TYPE_TQ2TS)
+TQ_PORTABLE_DEQUANTIZE(tq3ts, TQ_TYPE_TQ3TS)
 
 /* Dot of a float query with a coded row: per block, the 16-lane sum of q_j * x_hat_j, folded,
  * added block after block. */
@@ -116,6 +124,8 @@ TQ_PORTABLE_DOT(tq3j, TQ_TYPE_TQ3J)
 TQ_PORTABLE_DOT(tq4j, TQ_TYPE_TQ4J)
 TQ_PORTABLE_DOT(tq2t, TQ_TYPE_TQ2T)
 TQ_PORTABLE_DOT(tq3t, TQ_TYPE_TQ3T)
+TQ_PORTABLE_DOT(tq2ts, TQ_TYPE_TQ2TS)
+TQ_PORTABLE_DOT(tq3ts, TQ_TYPE_TQ3TS)
 
 /* ---- attention (tq_attn.h) ---- */
 
@@ -142,11 +152,13 @@ static inline void attn_scale(float *acc, float s, int n) {
 
 void tq_kernels_portable(tq_kernels *k) {
     static const tq_quantize_fn q[TQ_TYPE_COUNT] = {quantize_tq2, quantize_tq3, quantize_tq4, quantize_tq3j,
-                                                    quantize_tq4j, quantize_tq2t, quantize_tq3t};
+                                                    quantize_tq4j, quantize_tq2t, quantize_tq3t,
+                                                    quantize_tq2ts, quantize_tq3ts};
     static const tq_dequantize_fn d[TQ_TYPE_COUNT] = {dequantize_tq2, dequantize_tq3, dequantize_tq4,
                                                       dequantize_tq3j, dequantize_tq4j, dequantize_tq2t,
-                                                      dequantize_tq3t};
-    static const tq_dot_fn v[TQ_TYPE_COUNT] = {dot_tq2, dot_tq3, dot_tq4, dot_tq3j, dot_tq4j, dot_tq2t, dot_tq3t};
+                                                      dequantize_tq3t, dequantize_tq2ts, dequantize_tq3ts};
+    static const tq_dot_fn v[TQ_TYPE_COUNT] = {dot_tq2, dot_tq3, dot_tq4, dot_tq3j, dot_tq4j, dot_tq2t, dot_tq3t,
+                                              dot_tq2ts, dot_tq3ts};
     memcpy(k->quantize, q, sizeof q);
     memcpy(k->dequantize, d, sizeof d);
     memcpy(k->dot, v, sizeof v);

@@ -52,5 +52,7 @@ static int tcq_forward_x86(int bits, const float *x, float inv, uint8_t back[TQ_
     return tq_tcq_end_state(c);
 }
 
-static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, x, vy, nb, tcq_forward_x86); }
-static void quantize_tq3t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, x, vy, nb, tcq_forward_x86); }
+static void quantize_tq2t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, 0, x, vy, nb, tcq_forward_x86); }
+static void quantize_tq3t(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, 0, x, vy, nb, tcq_forward_x86); }
+static void quantize_tq2ts(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(2, 1, x, vy, nb, tcq_forward_x86); }
+static void quantize_tq3ts(const float *x, void *vy, size_t nb) { tq_tcq_quantize_rows(3, 1, x, vy, nb, tcq_forward_x86); }

@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
     unsigned avail = tq_cpu_isa_available();
     int fails = 0;
     /* the types with SIMD kernels (the QJL types run the portable code on every ISA) */
-    const tq_type types[] = {TQ_TYPE_TQ2, TQ_TYPE_TQ3, TQ_TYPE_TQ4, TQ_TYPE_TQ2T, TQ_TYPE_TQ3T};
+    const tq_type types[] = {TQ_TYPE_TQ2, TQ_TYPE_TQ3, TQ_TYPE_TQ4, TQ_TYPE_TQ2T, TQ_TYPE_TQ3T, TQ_TYPE_TQ2TS, TQ_TYPE_TQ3TS};
     for (unsigned ti = 0; ti < sizeof types / sizeof *types; ti++) {
         const tq_type t = types[ti];
         size_t bytes = tq_row_bytes(t, n);
