@@ -137,6 +137,19 @@ def test_kv_bytes_arguments(tq, smollm2):
     assert tq.kv_bytes(smollm2, np.int64(161), n_ctx=np.int32(512)) == tq.kv_bytes(smollm2, "TQ3", n_ctx=512)
 
 
+def test_kv_bytes_refuses_layers_a_context_refuses(tq, smollm2, monkeypatch):
+    """Per-layer types on a cache that is not tq: the error the context gives, from kv_options or from
+    LLAMA_KV_LAYERS (which a context reads too), not the bytes of a cache llama.cpp would not make."""
+    with pytest.raises(ValueError, match="per-layer K types need a tq K cache, not f16"):
+        tq.kv_bytes(smollm2, "f16", "tq3", kv_options={"layers": "k0:tq4"})
+    monkeypatch.setenv("LLAMA_KV_LAYERS", "v2:tq4")
+    with pytest.raises(ValueError, match="per-layer V types need a tq V cache, not q8_0"):
+        tq.kv_bytes(smollm2, "tq3", "q8_0")
+    assert tq.kv_bytes(smollm2, "tq3", "tq3", n_ctx=256) == 2 * 256 * 30 * 3 * 26 + 256 * 3 * (34 - 26)
+    # an empty `layers` overrides the variable: what needle counts its f16 reference with
+    assert tq.kv_bytes(smollm2, "f16", n_ctx=256, kv_options={"layers": ""}) == 2 * 256 * 30 * 192 * 2
+
+
 def test_strings_and_ints_run(tq, smollm2):
     for k, v in [("tq3", "tq3"), (161, 162), ("q8_0", "tq3"), ("f16", "tq2")]:
         llm = tq.Llama(smollm2, type_k=k, type_v=v, n_ctx=256, verbose=False)

@@ -276,7 +276,8 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
              n_ubatch: int = 512, kv_options: Union[None, str, dict] = None) -> int:
     """Bytes of KV cache llama.cpp allocates for one sequence of n_ctx tokens (sliding-window layers
     keep only window + ubatch cells, as llama.cpp sizes them), with the per-layer types of the KV
-    option `layers` when kv_options has it."""
+    option `layers` when kv_options (or LLAMA_KV_LAYERS, as for a context) has it; ValueError where a
+    context would refuse them (per-layer types on a cache that is not tq)."""
     n_ctx, n_ubatch = _positive(n_ctx, "n_ctx"), _positive(n_ubatch, "n_ubatch")
     path = Path(model_path)
     meta = read_metadata(path)
@@ -284,6 +285,9 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
     k0 = cache_type(type_k)
     v0 = cache_type(type_v if type_v is not None else type_k)
     lk, lv = layer_types(shape["n_layer"], kv_options)
+    for side, base, per in (("K", k0, lk), ("V", v0, lv)):  # as a context refuses them (tq-kv-center.cpp)
+        if any(per) and not base.turboquant:
+            raise TqValueError(f"KV-cache option layers: per-layer {side} types need a tq {side} cache, not {base.name}")
     pad = lambda n: (n + _CELL_PAD - 1) // _CELL_PAD * _CELL_PAD  # noqa: E731
     full = pad(n_ctx)
     swa = swa_layers(meta, shape)
