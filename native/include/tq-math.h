@@ -547,6 +547,14 @@ TQ_HOST_DEVICE uint8_t tq_tcq_quantize_s8(int bits, const float *x, uint8_t idx[
     return e;
 }
 
+/* A trellis block is its scale, fp16 (tq2t, tq3t; s8 0) or the 8-bit code (tq2ts, tq3ts; s8 1), then
+ * its code bytes (tq_tcq_store_codes): the offset of the codes, the block's bytes and its scale */
+TQ_HOST_DEVICE size_t tq_tcq_scale_bytes(int s8) { return s8 ? 1 : sizeof(tq_half); }
+TQ_HOST_DEVICE size_t tq_tcq_block_bytes(int bits, int s8) { return tq_tcq_scale_bytes(s8) + (bits == 3 ? 24 : 16); }
+TQ_HOST_DEVICE float tq_tcq_block_scale(int s8, const uint8_t *blk) {
+    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
+}
+
 /* The block's bytes: tq2ts (bits 2) or tq3ts (bits 3) */
 TQ_HOST_DEVICE void tq_tcq_store_s8(int bits, uint8_t e, uint8_t idx[TQ_BLOCK], uint64_t u, void *y) {
     *(uint8_t *)y = e;

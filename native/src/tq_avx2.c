@@ -340,20 +340,15 @@ static inline void tcq_dequant_block(int bits, const uint8_t *qs, uint64_t l, co
     lookup16(planes_for(bits + 1), c[1], d, out + 32);
 }
 
-/* a trellis block's scale: fp16 (tq2t, tq3t) or the 8-bit code (tq2ts, tq3ts) */
-static inline float tcq_scale(int s8, const uint8_t *blk) {
-    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
-}
-
 /* one block from its first byte; its code bytes (tq_tcq_store_codes) follow the scale */
 static inline void tcq_dequant_one(int bits, int s8, const uint8_t *blk, float *out) {
-    const uint8_t *q = blk + (s8 ? 1 : sizeof(tq_half));
-    if (bits == 3) tcq_dequant_block(3, q, 0, q + 16, tcq_scale(s8, blk), out);
-    else tcq_dequant_block(2, NULL, tq_load_word(q + 8), q, tcq_scale(s8, blk), out);
+    const uint8_t *q = blk + tq_tcq_scale_bytes(s8);
+    if (bits == 3) tcq_dequant_block(3, q, 0, q + 16, tq_tcq_block_scale(s8, blk), out);
+    else tcq_dequant_block(2, NULL, tq_load_word(q + 8), q, tq_tcq_block_scale(s8, blk), out);
 }
 
 static inline void tcq_dequant_rows(int bits, int s8, const void *vy, float *x, size_t nb) {
-    const size_t bytes = (s8 ? 1 : sizeof(tq_half)) + (bits == 3 ? 24 : 16);
+    const size_t bytes = tq_tcq_block_bytes(bits, s8);
     for (size_t i = 0; i < nb; i++) tcq_dequant_one(bits, s8, (const uint8_t *)vy + i * bytes, x + i * TQ_BLOCK);
 }
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 0, vy, x, nb); }
@@ -362,7 +357,7 @@ static void dequantize_tq2ts(const void *vy, float *x, size_t nb) { tcq_dequant_
 static void dequantize_tq3ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 1, vy, x, nb); }
 
 static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, size_t nb) {
-    const size_t bytes = (s8 ? 1 : sizeof(tq_half)) + (bits == 3 ? 24 : 16);
+    const size_t bytes = tq_tcq_block_bytes(bits, s8);
     float x[TQ_BLOCK] __attribute__((aligned(32)));
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {

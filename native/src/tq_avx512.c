@@ -301,16 +301,11 @@ static inline void tcq_dequant_block(int bits, const uint8_t *q, float scale, fl
     for (int r = 0; r < 4; r++) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(d, _mm512_permutexvar_ps(idx[r], ctab)));
 }
 
-/* a trellis block's scale: fp16 (tq2t, tq3t) or the 8-bit code (tq2ts, tq3ts) */
-static inline float tcq_scale(int s8, const uint8_t *blk) {
-    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
-}
-
 static inline void tcq_dequant_rows(int bits, int s8, const void *vy, float *x, size_t nb) {
-    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    const size_t hdr = tq_tcq_scale_bytes(s8), bytes = tq_tcq_block_bytes(bits, s8);
     for (size_t i = 0; i < nb; i++) {
         const uint8_t *blk = (const uint8_t *)vy + i * bytes;
-        tcq_dequant_block(bits, blk + hdr, tcq_scale(s8, blk), x + i * TQ_BLOCK);
+        tcq_dequant_block(bits, blk + hdr, tq_tcq_block_scale(s8, blk), x + i * TQ_BLOCK);
     }
 }
 static void dequantize_tq2t(const void *vy, float *x, size_t nb) { tcq_dequant_rows(2, 0, vy, x, nb); }
@@ -319,7 +314,7 @@ static void dequantize_tq2ts(const void *vy, float *x, size_t nb) { tcq_dequant_
 static void dequantize_tq3ts(const void *vy, float *x, size_t nb) { tcq_dequant_rows(3, 1, vy, x, nb); }
 
 static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, size_t nb) {
-    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    const size_t hdr = tq_tcq_scale_bytes(s8), bytes = tq_tcq_block_bytes(bits, s8);
     const __m512 ctab = codebook_table(bits + 1);
     __m512 acc = _mm512_setzero_ps();
     for (size_t i = 0; i < nb; i++, q += TQ_BLOCK) {
@@ -328,7 +323,7 @@ static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, si
         tcq_unpack(bits, blk + hdr, idx);
         __m512 s = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_permutexvar_ps(idx[0], ctab));
         for (int r = 1; r < 4; r++) s = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * r), _mm512_permutexvar_ps(idx[r], ctab), s);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(tcq_scale(s8, blk)), s, acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(tq_tcq_block_scale(s8, blk)), s, acc);
     }
     return _mm512_reduce_add_ps(acc);
 }

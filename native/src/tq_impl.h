@@ -71,8 +71,7 @@ static const uint8_t tq_tcq_spread4[16] = {0x00, 0x01, 0x04, 0x05, 0x10, 0x11, 0
  * (which must find tq_tcq_forward's path) */
 static inline void tq_tcq_quantize_rows(int bits, int s8, const float *x, void *vy, size_t nb,
                                         tq_tcq_forward_fn forward) {
-    const size_t bytes = s8 ? (bits == 2 ? sizeof(block_tq2ts) : sizeof(block_tq3ts))
-                            : (bits == 2 ? sizeof(block_tq2t) : sizeof(block_tq3t));
+    const size_t bytes = tq_tcq_block_bytes(bits, s8);
     uint8_t c[TQ_BLOCK];
     uint64_t u;
     for (size_t i = 0; i < nb; i++, x += TQ_BLOCK) {

@@ -405,31 +405,26 @@ static inline void tcq_block_indices(int bits, const uint8_t *q, uint8x16_t c[4]
     else tcq_indices(NULL, tq_load_word(q + 8), q, c);
 }
 
-/* a trellis block's scale: fp16 (tq2t, tq3t) or the 8-bit code (tq2ts, tq3ts) */
-static inline float tcq_scale(int s8, const uint8_t *blk) {
-    return s8 ? tq_scale8_to_float(blk[0]) : tq_fp16_to_fp32(*(const tq_half *)blk);
-}
-
 static inline void tcq_dequant_rows(int bits, int s8, const void *vy, float *x, size_t nb) {
-    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    const size_t hdr = tq_tcq_scale_bytes(s8), bytes = tq_tcq_block_bytes(bits, s8);
     const uint8x16x4_t tab = codebook_table(bits + 1);
     for (size_t i = 0; i < nb; i++) {
         const uint8_t *blk = (const uint8_t *)vy + i * bytes;
         uint8x16_t c[4];
         tcq_block_indices(bits, blk + hdr, c);
-        lookup_block(tab, c, tcq_scale(s8, blk), x + i * TQ_BLOCK);
+        lookup_block(tab, c, tq_tcq_block_scale(s8, blk), x + i * TQ_BLOCK);
     }
 }
 
 static inline float tcq_dot(int bits, int s8, const float *q, const void *vy, size_t nb) {
-    const size_t hdr = s8 ? 1 : sizeof(tq_half), bytes = hdr + (bits == 3 ? 24 : 16);
+    const size_t hdr = tq_tcq_scale_bytes(s8), bytes = tq_tcq_block_bytes(bits, s8);
     const uint8x16x4_t tab = codebook_table(bits + 1);
     float32x4_t acc = vdupq_n_f32(0.0f);
     for (size_t i = 0; i < nb; i++) {
         const uint8_t *blk = (const uint8_t *)vy + i * bytes;
         uint8x16_t c[4];
         tcq_block_indices(bits, blk + hdr, c);
-        acc = dot_codes(tab, c, tcq_scale(s8, blk), q + i * TQ_BLOCK, acc);
+        acc = dot_codes(tab, c, tq_tcq_block_scale(s8, blk), q + i * TQ_BLOCK, acc);
     }
     return vaddvq_f32(acc);
 }
