@@ -8,7 +8,8 @@
 #      (TQ_CUDA=ON, TQ_LLAMA_SOURCE_DIR): only test-backend-ops, llama-bench and llama-perplexity
 #   3. test-backend-ops -b CUDA0 for every tq case (SET_ROWS, CPY, GET_ROWS, FLASH_ATTN_EXT) against
 #      the CPU, and a listing of CUDA support for them (no silent CPU fallback)
-#   4. test-backend-ops perf: decode attention over 32K keys, f16 / q8_0 / q4_0 / tq4 / tq3 / tq2
+#   4. test-backend-ops perf: attention over 32K keys, one token and a 512-token ubatch, f16 / q8_0 /
+#      q4_0 / tq4 / tq3 / tq2 / tq3t (TQ_PERF_PAIRS=1: the tq conversion to f16 two values per thread)
 #   5. llama-bench decode (tg64 at depths 0, 8192, 32768) on a synthetic Llama-3.1-8B-shaped Q4_0
 #      model, per cache type, as long as the time budget lasts
 # Logs go to $OUT (the device tool brings that folder back; at most 8 files) or benchmarks/out.
@@ -19,6 +20,9 @@
 #
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
 #   break (not by default, after "pip"): the fused paths' tests against deliberately broken code
+#   ppprofile (not by default): ncu, a prefill ubatch's attention over 32K keys (test-backend-ops perf,
+#           512 tokens) kernel by kernel: the K/V conversion to f16 and the tensor-core kernel
+#           (TQ_PPPROFILE_TYPES, default "f16 q4_0 tq3 tq3@pairs")
 #   profile (not by default): ncu, one decode step at depth 0 kernel by kernel (f16 / tq3 / tq3 with
 #           TQ_CUDA_FUSED_WRITE=0, or TQ_PROFILE_TYPES), summed per kind of kernel (benchmarks/ncu_kernels.py)
 # Steps not run by default:
@@ -44,7 +48,8 @@
 # one written "tq3@vec" runs with
 # TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@rb4" with TQ_CUDA_FA_RB=4 (the
 # decode kernel's 4 query rows per block at every depth), "tq3@c0" with TQ_CUDA_FA_COMBINE_TILES=0 (short
-# caches split as if the combine cost nothing: 2 splits at depth 0).
+# caches split as if the combine cost nothing: 2 splits at depth 0), "tq3@pairs" with TQ_CUDA_CONVERT_PAIRS=1
+# (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -78,6 +83,7 @@ if want selftest; then
     say "native selftest rc=$? : $(grep -h 'failures' "$out/native.log" | tr '\n' ' ')"
     { echo "== tq_cuda_selftest" && $n/tq_cuda_selftest; } >> "$out/native.log" 2>&1
     say "cuda selftest rc=$? : $(grep -h 'FAIL\|^[0-9]* failures' "$out/native.log" | tail -12 | tr '\n' ';')"
+    grep -h '^perf .*to_fp16' "$out/native.log" >> "$sum"
     { echo "== tq_cuda_fattn_test" && $n/tq_cuda_fattn_test; } >> "$out/native.log" 2>&1
     rc=$?
     fa=$(sed -n '/^== tq_cuda_fattn_test/,$p' "$out/native.log")
@@ -174,11 +180,28 @@ if want break && [ -d /tmp/tq-pip-build ]; then
         's/out\[e0 + i \* W + lane\] = reg\[i\]/out[(e0 + N) % (n_seg * N) + i * W + lane] = reg[i]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
 fi
 
-# ---- 4. kernel-level decode attention over 32K keys ---------------------------------------------
+# ---- 4. kernel-level attention over 32K keys: decode (1 token) and a prefill ubatch (512) ----------
 if want perf && [ "$(left)" -gt 60 ]; then
-    timeout $(( $(left) - 30 )) $tbo perf -b CUDA0 -o FLASH_ATTN_EXT -p "${TQ_PERF_FILTER:-hsk=128,hsv=128,nh=8,nr23=\\[4,1\\],kv=32768,nb=1,}" > "$out/perf.log" 2>&1
-    say "perf rc=$?"
-    grep -E 'FLASH_ATTN_EXT' "$out/perf.log" | sed -E 's/permute=.*\)//' >> "$sum"
+    TQ_CUDA_CONVERT_PAIRS=${TQ_PERF_PAIRS:-0} timeout $(( $(left) - 30 )) $tbo perf -b CUDA0 -o FLASH_ATTN_EXT \
+        -p "${TQ_PERF_FILTER:-hsk=128,hsv=128,nh=8,nr23=\\[4,1\\],kv=32768,nb=(1|512),}" > "$out/perf.log" 2>&1
+    say "perf rc=$? (TQ_CUDA_CONVERT_PAIRS=${TQ_PERF_PAIRS:-0})"
+    grep -E 'FLASH_ATTN_EXT' "$out/perf.log" | sed -E 's/permute=.*\)//; s/max_bias.*prec=f32,//' >> "$sum"
+fi
+
+# ---- 4'. a prefill ubatch's attention over 32K keys, kernel by kernel (ncu): the conversion of K and V
+# to f16 that the tensor-core kernel reads, and that kernel; "@pairs" converts 2 values per thread
+if want ppprofile && [ "$(left)" -gt 60 ]; then
+    csvs=()
+    for spec in ${TQ_PPPROFILE_TYPES:-f16 q4_0 tq3 tq3@pairs}; do
+        t=${spec%@*}; pairs=0; [ "$spec" != "$t" ] && pairs=1
+        [ "$(left)" -gt 40 ] || { say "ppprofile: out of time before $spec"; break; }
+        TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv --launch-count 12 ${TQ_NCU_ARGS:-} \
+            $tbo perf -b CUDA0 -o FLASH_ATTN_EXT -p "hsk=128,hsv=128,nh=8,nr23=\\[4,1\\],kv=32768,nb=512,.*type_K=$t," \
+            > "$out/ncu-pp-${spec/@/-}.csv" 2>> "$out/profile.log"
+        say "ncu pp $spec rc=$?"
+        csvs+=("$out/ncu-pp-${spec/@/-}.csv")
+    done
+    python3 benchmarks/ncu_kernels.py "${csvs[@]}" >> "$sum" 2>&1
 fi
 
 # ---- 5. llama-bench on a synthetic Llama-3.1-8B-shaped model ------------------------------------
@@ -188,12 +211,12 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=1; rb=0; ct=1
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=1; rb=0; ct=1; pairs=0
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; *@pairs) pairs=1 ;; esac
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct)" >> "$out/bench.log"
-        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done

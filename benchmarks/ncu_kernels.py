@@ -1,4 +1,4 @@
-"""One decode step kernel by kernel, summed per kind of kernel, side by side, as a Markdown table,
+"""One decode step (or any ncu capture) kernel by kernel, summed per kind of kernel, side by side, as a Markdown table,
 from ncu CSV files (`ncu --metrics gpu__time_duration.sum --csv`, benchmarks/gpu_bench.sh's
 "profile" step).
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 # (label, pattern on the demangled kernel name), first match wins
 KINDS = [
+    ("K/V to f16 for the tensor-core kernel", r"tq_cuda_convert|dequantize_block|convert_unary"),
     ("weights: mul_mat_vec_q, quantize_q8_1", r"mul_mat_vec|quantize_q8_1|mul_mat_q"),
     ("the fused tq write / query chain", r"tq_k_fused_write"),
     ("flash attention (+ combine)", r"flash_attn|tq_fa_decode|fattn"),

@@ -1,12 +1,19 @@
 // tq-convert.cuh: dequantize TurboQuant blocks two values at a time, in the shape of ggml-cuda's
 // dequantize_kernel_t (void(const void * vx, int64_t ib, int iqs, float2 & v): values iqs and
-// iqs+1 of block ib, qr = 1). convert.cu's to_fp16 / to_fp32 (contiguous and _nc; the flash-
-// attention MMA path and the vec fallback turn K/V into f16 through them) and getrows.cu use it.
+// iqs+1 of block ib, qr = 1), which getrows.cu uses; and whole tensors 8 values per thread
+// (tq_cuda_convert_cont / _nc), convert.cu's to_fp16 / to_fp32 / to_bf16, through which the flash-
+// attention MMA path and the vec fallback turn K/V into f16.
 // Values equal the C decoder's (tq-math.h): d * centroid, plus for the QJL types the term
 // gamma * sqrt(pi/2)/64 * (S^T z)_j.
 #pragma once
 
 #include "tq-common.cuh"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
 
 template <typename block_t>
 static __device__ __forceinline__ void tq_cuda_dequantize_pair(const void * vx, const int64_t ib, const int iqs, float2 & v) {
@@ -79,4 +86,110 @@ static __device__ __forceinline__ void dequantize_tq3t(const void * vx, const in
     const float d = tq_cuda_half(b->d);
     v.x = TQ_MUL(d, tq_cuda_centroid<4>(4 * l0 + (k & 3u)));
     v.y = TQ_MUL(d, tq_cuda_centroid<4>(4 * l1 + (k >> 2)));
+}
+
+// ---- whole tensors: to_fp16 / to_fp32 / to_bf16, contiguous and not -------------------------------
+// What the flash-attention MMA kernel (a prefill over a tq cache) runs on K and V, in full, for every
+// ubatch: at a 32K cache that is 2 x 33.5M values per layer of an 8B model. A thread decodes 8
+// consecutive values (a quarter of a plane word pair, the block's scale and plane words loaded once)
+// and writes them in one 16-byte store (f16/bf16; two for f32), where ggml-cuda's generic kernel
+// decodes 2 values per thread into two 2-byte stores.
+
+template <typename dst_t>
+static __device__ __forceinline__ void tq_cuda_store8(dst_t * __restrict__ y, const float2 (&v)[4]) {
+    if constexpr (std::is_same_v<dst_t, float>) {
+        ((float4 *) y)[0] = make_float4(v[0].x, v[0].y, v[1].x, v[1].y);
+        ((float4 *) y)[1] = make_float4(v[2].x, v[2].y, v[3].x, v[3].y);
+    } else {
+        uint4 w;
+        uint32_t * p = (uint32_t *) &w;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            if constexpr (std::is_same_v<dst_t, half>) {
+                const half2 h = __floats2half2_rn(v[k].x, v[k].y);
+                p[k] = *(const uint32_t *) &h;
+            } else {
+                const nv_bfloat162 h = __floats2bfloat162_rn(v[k].x, v[k].y);
+                p[k] = *(const uint32_t *) &h;
+            }
+        }
+        *(uint4 *) y = w;
+    }
+}
+
+// rows of ne00 values (ne00 % 64 == 0), block strides s01/s02/s03; y dense in the same order
+template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
+static __global__ void tq_cuda_convert8(const void * __restrict__ vx, dst_t * __restrict__ y,
+        const int64_t ne00, const int64_t ne01, const uint32_t ne02, const uint32_t ne0203,
+        const int64_t s01, const int64_t s02, const int64_t s03) {
+    const int64_t i00 = 8 * ((int64_t) blockDim.x * blockIdx.x + threadIdx.x);
+    if (i00 >= ne00) {
+        return;
+    }
+    const int j = (int) (i00 % TQ_BLOCK);
+    for (int64_t i01 = blockIdx.y; i01 < ne01; i01 += gridDim.y) {
+        for (uint32_t i0203 = blockIdx.z; i0203 < ne0203; i0203 += gridDim.z) {
+            const uint32_t i02 = i0203 % ne02, i03 = i0203 / ne02;
+            const int64_t ib = i03 * s03 + i02 * s02 + i01 * s01 + i00 / TQ_BLOCK;
+            float2 v[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                dq(vx, ib, j + 2 * k, v[k]);
+            }
+            tq_cuda_store8(y + ((int64_t) i0203 * ne01 + i01) * ne00 + i00, v);
+        }
+    }
+}
+
+// ggml-cuda's generic pattern (2 values per thread, 2-byte stores), kept for A/B timing only:
+// TQ_CUDA_CONVERT_PAIRS=1 selects it
+template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
+static __global__ void tq_cuda_convert2(const void * __restrict__ vx, dst_t * __restrict__ y,
+        const int64_t ne00, const int64_t ne01, const uint32_t ne02, const uint32_t ne0203,
+        const int64_t s01, const int64_t s02, const int64_t s03) {
+    const int64_t i00 = 2 * ((int64_t) blockDim.x * blockIdx.x + threadIdx.x);
+    if (i00 >= ne00) {
+        return;
+    }
+    for (int64_t i01 = blockIdx.y; i01 < ne01; i01 += gridDim.y) {
+        for (uint32_t i0203 = blockIdx.z; i0203 < ne0203; i0203 += gridDim.z) {
+            const uint32_t i02 = i0203 % ne02, i03 = i0203 / ne02;
+            float2 v;
+            dq(vx, i03 * s03 + i02 * s02 + i01 * s01 + i00 / TQ_BLOCK, (int) (i00 % TQ_BLOCK), v);
+            dst_t * o = y + ((int64_t) i0203 * ne01 + i01) * ne00 + i00;
+            o[0] = (dst_t) v.x;
+            o[1] = (dst_t) v.y;
+        }
+    }
+}
+
+static inline bool tq_cuda_convert_pairs() {
+    static const bool pairs = []() {
+        const char * e = getenv("TQ_CUDA_CONVERT_PAIRS");
+        return e != nullptr && atoi(e) != 0;
+    }();
+    return pairs;
+}
+
+// the to_t_nc_cuda_t signature of convert.cuh (strides in blocks)
+template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
+static void tq_cuda_convert_nc(const void * vx, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02,
+        const int64_t ne03, const int64_t s01, const int64_t s02, const int64_t s03, cudaStream_t stream) {
+    constexpr int nth = 256;
+    const bool pairs = tq_cuda_convert_pairs() || (uintptr_t) y % 16 != 0;
+    const int64_t per_row = ne00 / (pairs ? 2 : 8);
+    const dim3 grid((unsigned) ((per_row + nth - 1) / nth), (unsigned) std::min<int64_t>(ne01, 65535),
+                    (unsigned) std::min<int64_t>(ne02 * ne03, 65535));
+    const uint32_t ne0203 = (uint32_t) (ne02 * ne03);
+    if (pairs) {
+        tq_cuda_convert2<dq, dst_t><<<grid, nth, 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
+    } else {
+        tq_cuda_convert8<dq, dst_t><<<grid, nth, 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
+    }
+}
+
+// the to_t_cuda_t signature: k values in a row
+template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
+static void tq_cuda_convert_cont(const void * vx, dst_t * y, const int64_t k, cudaStream_t stream) {
+    tq_cuda_convert_nc<dq, dst_t>(vx, y, k, 1, 1, 1, k / TQ_BLOCK, k / TQ_BLOCK, k / TQ_BLOCK, stream);
 }

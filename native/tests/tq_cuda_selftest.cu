@@ -1,7 +1,8 @@
 // Every CUDA path of native/cuda against the C codec, byte for byte: the single-thread block
 // quantizers (CPY F32->tq), the half-warp quantizers (SET_ROWS; for tq2t/tq3t the Viterbi search
 // with one trellis state per lane), the pair dequantizers (to_fp16 / to_fp32 / GET_ROWS, QJL and
-// trellis types included), the flash-attention V reader; and the K.Q reader against the C dot
+// trellis types included), the whole-tensor conversions (to_fp32 / to_fp16, contiguous and strided),
+// the flash-attention V reader; and the K.Q reader against the C dot
 // within rounding. Run on the GPU machine by benchmarks/gpu_bench.sh:
 //   nvcc -arch=sm_90 -std=c++17 -use_fast_math -Inative/include -Inative/cuda \
 //        native/tests/tq_cuda_selftest.cu libtq_native.a -o tq_cuda_selftest && ./tq_cuda_selftest [blocks]
@@ -138,7 +139,40 @@ static void check(const type_info & ti, const std::vector<float> & x, int nb) {
     };
     k_pairs<dq><<<(int) ((n / 2 + 255) / 256), 256>>>(dy, dv, nb);
     CK(cudaDeviceSynchronize());
-    cmp_vals("dequantize pairs (to_fp32, get_rows)");
+    cmp_vals("dequantize pairs (get_rows)");
+    CK(cudaMemset(dv, 0xff, n * sizeof(float)));
+    tq_cuda_convert_cont<dq, float>(dy, dv, (int64_t) n, 0);
+    CK(cudaDeviceSynchronize());
+    cmp_vals("convert, 8 per thread (to_fp32)");
+    {
+        // to_fp16, contiguous and through strides: rows of 2 blocks, (i01, i02) from block 4 i01 + 2 i02
+        half * dh;
+        CK(cudaMalloc(&dh, n * sizeof(half)));
+        std::vector<half> h(n);
+        auto cmp_half = [&](const char * what, auto src_of) {
+            CK(cudaMemcpy(h.data(), dh, n * sizeof(half), cudaMemcpyDeviceToHost));
+            size_t bad = 0;
+            for (size_t i = 0; i < n; i++) {
+                const float w = want[src_of(i)];
+                const half r = __float2half_rn(w);
+                bad += std::isnan(w) ? !std::isnan(__half2float(h[i])) : memcmp(&h[i], &r, sizeof(half)) != 0;
+            }
+            report(what, ti.name, bad, n);
+        };
+        CK(cudaMemset(dh, 0xff, n * sizeof(half)));
+        tq_cuda_convert_cont<dq, half>(dy, dh, (int64_t) n, 0);
+        CK(cudaDeviceSynchronize());
+        cmp_half("convert, 8 per thread (to_fp16)", [](size_t i) { return i; });
+        const int64_t ne01 = nb / 4;
+        CK(cudaMemset(dh, 0xff, n * sizeof(half)));
+        tq_cuda_convert_nc<dq, half>(dy, dh, 128, ne01, 2, 1, 4, 2, 4 * ne01, 0);
+        CK(cudaDeviceSynchronize());
+        cmp_half("convert, 8 per thread (to_fp16, strided)", [&](size_t i) {
+            const size_t i00 = i % 128, i01 = (i / 128) % ne01, i02 = i / (128 * ne01);
+            return (4 * i01 + 2 * i02) * TQ_BLOCK + i00;
+        });
+        CK(cudaFree(dh));
+    }
     if constexpr (vkq) {
         k_vread<block_t><<<(int) ((n / 4 + 255) / 256), 256>>>(dy, dv, nb);
         CK(cudaDeviceSynchronize());
@@ -166,6 +200,48 @@ static void check(const type_info & ti, const std::vector<float> & x, int nb) {
         CK(cudaFree(dq_)); CK(cudaFree(dout));
     }
     CK(cudaFree(dx)); CK(cudaFree(dy)); CK(cudaFree(dv));
+}
+
+// The conversion a prefill over a 32K cache runs per layer and side (Llama-3.1-8B: 8 KV heads of
+// 128): 32768 x 1024 values to f16, 8 values per thread against 2 (ggml-cuda's generic pattern),
+// next to a device copy of the f16 bytes; the codes are the reference bytes repeated.
+template <void (*dq)(const void *, int64_t, int, float2 &)>
+static void perf_convert(const char * name, size_t block_bytes, const std::vector<float> & x, void (*ref_q)(const float *, void *, int64_t)) {
+    const int64_t nb_small = (int64_t) x.size() / TQ_BLOCK, nb = 32768 * 1024 / TQ_BLOCK;
+    std::vector<uint8_t> small(nb_small * block_bytes), codes(nb * block_bytes);
+    ref_q(x.data(), small.data(), (int64_t) x.size());
+    for (int64_t i = 0; i < nb; i++) memcpy(&codes[i * block_bytes], &small[(i % nb_small) * block_bytes], block_bytes);
+    void * dy; half * dh; half * dh2;
+    const size_t n = (size_t) nb * TQ_BLOCK;
+    CK(cudaMalloc(&dy, codes.size()));
+    CK(cudaMalloc(&dh, n * sizeof(half)));
+    CK(cudaMalloc(&dh2, n * sizeof(half)));
+    CK(cudaMemcpy(dy, codes.data(), codes.size(), cudaMemcpyHostToDevice));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    const int reps = 50;
+    float ms[3];
+    for (int round = 0; round < 2; round++) { // the first round warms up
+        for (int which = 0; which < 3; which++) {
+            CK(cudaEventRecord(e0));
+            for (int r = 0; r < reps; r++) {
+                if (which == 0) {
+                    tq_cuda_convert_cont<dq, half>(dy, dh, (int64_t) n, 0);
+                } else if (which == 1) {
+                    tq_cuda_convert2<dq, half><<<(unsigned) ((n / 2 + 255) / 256), 256>>>(dy, dh, (int64_t) n, 1, 1, 1, nb, nb, nb);
+                } else {
+                    CK(cudaMemcpyAsync(dh2, dh, n * sizeof(half), cudaMemcpyDeviceToDevice));
+                }
+            }
+            CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1)); CK(cudaEventElapsedTime(&ms[which], e0, e1));
+        }
+    }
+    const double us8 = 1e3 * ms[0] / reps, us2 = 1e3 * ms[1] / reps, usc = 1e3 * ms[2] / reps;
+    printf("perf  %-5s to_fp16 of %lld values: 8 per thread %7.2f us (%4.0f GB/s), 2 per thread %7.2f us (%4.0f GB/s);"
+           " device copy of the f16 %7.2f us (%4.0f GB/s read+write)\n", name, (long long) n,
+           us8, (codes.size() + 2.0 * n) / us8 / 1e3, us2, (codes.size() + 2.0 * n) / us2 / 1e3, usc, 4.0 * n / usc / 1e3);
+    CK(cudaEventDestroy(e0)); CK(cudaEventDestroy(e1));
+    CK(cudaFree(dy)); CK(cudaFree(dh)); CK(cudaFree(dh2));
 }
 
 int main(int argc, char ** argv) {
@@ -197,6 +273,9 @@ int main(int argc, char ** argv) {
     // tq_cuda_fattn_test)
     check<block_tq2t, quantize_f32_tq2t_block, dequantize_tq2t, true, false>(tq2t, x, nb);
     check<block_tq3t, quantize_f32_tq3t_block, dequantize_tq3t, true, false>(tq3t, x, nb);
+    perf_convert<dequantize_tq3>("tq3", sizeof(block_tq3), x, tq_ggml_quantize_row_tq3_ref);
+    perf_convert<dequantize_tq4>("tq4", sizeof(block_tq4), x, tq_ggml_quantize_row_tq4_ref);
+    perf_convert<dequantize_tq3t>("tq3t", sizeof(block_tq3t), x, tq_ggml_quantize_row_tq3t_ref);
     printf("%d failures\n", failures);
     return failures != 0;
 }
