@@ -117,7 +117,9 @@ static __device__ __forceinline__ void tq_cuda_store8(dst_t * __restrict__ y, co
     }
 }
 
-// rows of ne00 values (ne00 % 64 == 0), block strides s01/s02/s03; y dense in the same order
+// rows of ne00 values (ne00 % 64 == 0), block strides s01/s02/s03; y dense in the same order.
+// threadIdx.x runs along a row, threadIdx.y over rows: a row of one head (ne00 = 128, 16 threads),
+// as a cache that is not one piece hands it over, still fills the thread block.
 template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
 static __global__ void tq_cuda_convert8(const void * __restrict__ vx, dst_t * __restrict__ y,
         const int64_t ne00, const int64_t ne01, const uint32_t ne02, const uint32_t ne0203,
@@ -127,7 +129,7 @@ static __global__ void tq_cuda_convert8(const void * __restrict__ vx, dst_t * __
         return;
     }
     const int j = (int) (i00 % TQ_BLOCK);
-    for (int64_t i01 = blockIdx.y; i01 < ne01; i01 += gridDim.y) {
+    for (int64_t i01 = (int64_t) blockIdx.y * blockDim.y + threadIdx.y; i01 < ne01; i01 += (int64_t) gridDim.y * blockDim.y) {
         for (uint32_t i0203 = blockIdx.z; i0203 < ne0203; i0203 += gridDim.z) {
             const uint32_t i02 = i0203 % ne02, i03 = i0203 / ne02;
             const int64_t ib = i03 * s03 + i02 * s02 + i01 * s01 + i00 / TQ_BLOCK;
@@ -176,15 +178,17 @@ template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
 static void tq_cuda_convert_nc(const void * vx, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02,
         const int64_t ne03, const int64_t s01, const int64_t s02, const int64_t s03, cudaStream_t stream) {
     constexpr int nth = 256;
-    const bool pairs = tq_cuda_convert_pairs() || (uintptr_t) y % 16 != 0;
-    const int64_t per_row = ne00 / (pairs ? 2 : 8);
-    const dim3 grid((unsigned) ((per_row + nth - 1) / nth), (unsigned) std::min<int64_t>(ne01, 65535),
-                    (unsigned) std::min<int64_t>(ne02 * ne03, 65535));
     const uint32_t ne0203 = (uint32_t) (ne02 * ne03);
-    if (pairs) {
+    const unsigned gz = (unsigned) std::min<int64_t>(ne02 * ne03, 65535);
+    if (tq_cuda_convert_pairs() || (uintptr_t) y % 16 != 0) {
+        // ggml-cuda's launch: one row per block row
+        const dim3 grid((unsigned) ((ne00 / 2 + nth - 1) / nth), (unsigned) std::min<int64_t>(ne01, 65535), gz);
         tq_cuda_convert2<dq, dst_t><<<grid, nth, 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
     } else {
-        tq_cuda_convert8<dq, dst_t><<<grid, nth, 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
+        const int64_t per_row = ne00 / 8;
+        const int tx = (int) std::min<int64_t>(per_row, nth), ty = nth / tx;
+        const dim3 grid((unsigned) ((per_row + tx - 1) / tx), (unsigned) std::min<int64_t>((ne01 + ty - 1) / ty, 65535), gz);
+        tq_cuda_convert8<dq, dst_t><<<grid, dim3(tx, ty), 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
     }
 }
 
