@@ -7,6 +7,9 @@ package's kv_options, set for its context as the Llama wrapper sets them), and `
 llama.cpp's Hadamard rotation off (LLAMA_ATTN_ROT_DISABLE=1: a timing probe, not a usable tq cache).
     python benchmarks/decode_pairs.py [--model smollm2] [--types f16,tq3,tq3:rope=post] [--tokens 256]
         [--ranges 1-64,64-256] [--threads 2] [--out FILE]
+    python benchmarks/decode_pairs.py --prompt 512 [--depth 4096] [--rounds 20] ...
+With --prompt, prompts of that many tokens instead, each into the cache emptied down to --depth
+tokens (filled once per context beforehand; default 0: an empty cache).
 """
 from __future__ import annotations
 
@@ -42,12 +45,15 @@ def main() -> None:
     ap.add_argument("--ranges", default="1-64,64-256")
     ap.add_argument("--prompt", type=int, default=0, help="time prompts of this many tokens instead")
     ap.add_argument("--rounds", type=int, default=20, help="prompts per cache (with --prompt)")
+    ap.add_argument("--depth", type=int, default=0, help="tokens in the cache before each prompt (with --prompt)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="the table's file (default results/decode-pairs-<model>.md)")
     a = ap.parse_args()
     ranges = [tuple(int(x) for x in r.split("-")) for r in a.ranges.split(",")]
     if a.prompt:
         a.tokens, ranges = a.rounds, [(0, a.rounds)]
+    if a.depth and not a.prompt:
+        raise SystemExit("decode_pairs: --depth goes with --prompt")
     if any(lo < 0 or hi > a.tokens or lo >= hi for lo, hi in ranges):
         raise SystemExit(f"decode_pairs: each range must lie in 0-{a.tokens}: {a.ranges}")
     L = import_llama_cpp()
@@ -64,7 +70,7 @@ def main() -> None:
         if rot_off:
             os.environ["LLAMA_ATTN_ROT_DISABLE"] = "1"
         cp = L.llama_context_default_params()
-        cp.n_ctx = max(1024, a.prompt + 64) if a.prompt else max(1024, a.tokens + 64)
+        cp.n_ctx = max(1024, a.depth + a.prompt + 64) if a.prompt else max(1024, a.tokens + 64)
         cp.n_batch = cp.n_ubatch = max(cp.n_batch, a.prompt)
         cp.n_threads = cp.n_threads_batch = a.threads
         cp.type_k = cp.type_v = cache_type(spec.split(":")[0]).ggml_id
@@ -81,30 +87,46 @@ def main() -> None:
         ctxs.append(ctx)
     n = max(a.prompt, 1)
     batch = L.llama_batch_init(n, 0, 1)
-    secs = [[] for _ in specs]
-    for step in range(a.tokens):
-        # decode: position `step`, one token; prefill: positions 0..n-1 of an emptied cache
-        batch.n_tokens = n
-        for j in range(n):
-            pos = j if a.prompt else step
+
+    def fill(first: int, count: int) -> None:
+        batch.n_tokens = count
+        for j in range(count):
+            pos = first + j
             batch.token[j], batch.pos[j], batch.n_seq_id[j] = 100 + (pos * 37) % 5000, pos, 1
             batch.seq_id[j][0] = 0
-            batch.logits[j] = j == n - 1
+            batch.logits[j] = j == count - 1
+
+    # --depth: the tokens every prompt sees before it, decoded once per context, in prompt-sized batches
+    for i, ctx in enumerate(ctxs):
+        for first in range(0, a.depth, n):
+            fill(first, min(n, a.depth - first))
+            if L.llama_decode(ctx, batch) != 0:
+                raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} filling the cache at {first}")
+    secs = [[] for _ in specs]
+    for step in range(a.tokens):
+        # decode: position `step`, one token; prefill: positions depth..depth+n-1 of a cache emptied to depth
+        fill(a.depth if a.prompt else step, n)
         for i, ctx in enumerate(ctxs):
             if a.prompt:
-                L.llama_memory_clear(L.llama_get_memory(ctx), True)
+                mem = L.llama_get_memory(ctx)
+                if a.depth:
+                    L.llama_memory_seq_rm(mem, 0, a.depth, -1)
+                else:
+                    L.llama_memory_clear(mem, True)
             t0 = time.perf_counter()
             if L.llama_decode(ctx, batch) != 0:
                 raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} at step {step}")
             secs[i].append(time.perf_counter() - t0)
-    what = f"--prompt {a.prompt} --rounds {a.rounds}" if a.prompt else f"--tokens {a.tokens} --ranges {a.ranges}"
+    what = (f"--prompt {a.prompt}{f' --depth {a.depth}' if a.depth else ''} --rounds {a.rounds}" if a.prompt
+            else f"--tokens {a.tokens} --ranges {a.ranges}")
     unit = "prompt" if a.prompt else "token"
     lines = [f"`python benchmarks/decode_pairs.py --model {a.model} --types {a.types} {what} --threads {a.threads}"
              f"{' --out ' + a.out if a.out else ''}` ({path.name}, flash attention, {a.threads} threads; "
              f"{datetime.date.today()}, {machine()}): the median over the {unit}s of each "
              f"cache's speed relative to {specs[0]} (its time for the {unit} over the other's), and "
              f"{specs[0]}'s median ms per {unit}", "",
-             "| cache | " + " | ".join(f"prompt of {a.prompt} tokens" if a.prompt else f"positions {lo}-{hi}"
+             "| cache | " + " | ".join((f"prompt of {a.prompt} tokens" + (f" at depth {a.depth}" if a.depth else ""))
+                                       if a.prompt else f"positions {lo}-{hi}"
                                        for lo, hi in ranges) + " |",
              "|---|" + "---|" * len(ranges)]
     lines.append(f"| {specs[0]} | " + " | ".join(f"{statistics.median(secs[0][lo:hi]) * 1e3:.2f} ms" for lo, hi in ranges) + " |")
@@ -113,7 +135,7 @@ def main() -> None:
         lines.append(f"| {spec} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    name = f"prefill-pairs-{path.stem}" if a.prompt else f"decode-pairs-{path.stem}"
+    name = (f"prefill-pairs-{path.stem}" + (f"-d{a.depth}" if a.depth else "")) if a.prompt else f"decode-pairs-{path.stem}"
     out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"{name}.md"
     out.write_text(text)
     print(f"wrote {out}")
