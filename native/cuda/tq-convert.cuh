@@ -117,14 +117,14 @@ static __device__ __forceinline__ void tq_cuda_store8(dst_t * __restrict__ y, co
     }
 }
 
-// rows of ne00 values (ne00 % 64 == 0), block strides s01/s02/s03; y dense in the same order.
-// threadIdx.x runs along a row, threadIdx.y over rows: a row of one head (ne00 = 128, 16 threads),
-// as a cache that is not one piece hands it over, still fills the thread block.
-template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
-static __global__ void tq_cuda_convert8(const void * __restrict__ vx, dst_t * __restrict__ y,
+// VPT (8, or 2 for A/B timing) values per thread; rows of ne00 values (ne00 % 64 == 0), block
+// strides s01/s02/s03; y dense in the same order. threadIdx.x runs along a row, threadIdx.y over rows.
+template <void (*dq)(const void *, int64_t, int, float2 &), int VPT, typename dst_t>
+static __global__ void tq_cuda_convert(const void * __restrict__ vx, dst_t * __restrict__ y,
         const int64_t ne00, const int64_t ne01, const uint32_t ne02, const uint32_t ne0203,
         const int64_t s01, const int64_t s02, const int64_t s03) {
-    const int64_t i00 = 8 * ((int64_t) blockDim.x * blockIdx.x + threadIdx.x);
+    static_assert(VPT == 8 || VPT == 2, "tq: 8 values per thread, or 2 as ggml-cuda's generic kernel");
+    const int64_t i00 = VPT * ((int64_t) blockDim.x * blockIdx.x + threadIdx.x);
     if (i00 >= ne00) {
         return;
     }
@@ -133,38 +133,37 @@ static __global__ void tq_cuda_convert8(const void * __restrict__ vx, dst_t * __
         for (uint32_t i0203 = blockIdx.z; i0203 < ne0203; i0203 += gridDim.z) {
             const uint32_t i02 = i0203 % ne02, i03 = i0203 / ne02;
             const int64_t ib = i03 * s03 + i02 * s02 + i01 * s01 + i00 / TQ_BLOCK;
-            float2 v[4];
+            float2 v[VPT / 2];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
+            for (int k = 0; k < VPT / 2; ++k) {
                 dq(vx, ib, j + 2 * k, v[k]);
             }
-            tq_cuda_store8(y + ((int64_t) i0203 * ne01 + i01) * ne00 + i00, v);
-        }
-    }
-}
-
-// ggml-cuda's generic pattern (2 values per thread, 2-byte stores), kept for A/B timing only:
-// TQ_CUDA_CONVERT_PAIRS=1 selects it
-template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
-static __global__ void tq_cuda_convert2(const void * __restrict__ vx, dst_t * __restrict__ y,
-        const int64_t ne00, const int64_t ne01, const uint32_t ne02, const uint32_t ne0203,
-        const int64_t s01, const int64_t s02, const int64_t s03) {
-    const int64_t i00 = 2 * ((int64_t) blockDim.x * blockIdx.x + threadIdx.x);
-    if (i00 >= ne00) {
-        return;
-    }
-    for (int64_t i01 = blockIdx.y; i01 < ne01; i01 += gridDim.y) {
-        for (uint32_t i0203 = blockIdx.z; i0203 < ne0203; i0203 += gridDim.z) {
-            const uint32_t i02 = i0203 % ne02, i03 = i0203 / ne02;
-            float2 v;
-            dq(vx, i03 * s03 + i02 * s02 + i01 * s01 + i00 / TQ_BLOCK, (int) (i00 % TQ_BLOCK), v);
             dst_t * o = y + ((int64_t) i0203 * ne01 + i01) * ne00 + i00;
-            o[0] = (dst_t) v.x;
-            o[1] = (dst_t) v.y;
+            if constexpr (VPT == 8) {
+                tq_cuda_store8(o, v);
+            } else {
+                o[0] = (dst_t) v[0].x;
+                o[1] = (dst_t) v[0].y;
+            }
         }
     }
 }
 
+// 8 per thread: as many rows per thread block as fill it (16 rows of a 128-value head, as a cache
+// that is not one piece hands them over); 2 per thread: ggml-cuda's launch, one row per block row
+template <void (*dq)(const void *, int64_t, int, float2 &), int VPT, typename dst_t>
+static void tq_cuda_convert_launch(const void * vx, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02,
+        const int64_t ne03, const int64_t s01, const int64_t s02, const int64_t s03, cudaStream_t stream) {
+    constexpr int nth = 256;
+    const int64_t per_row = ne00 / VPT;
+    const int tx = VPT == 8 ? (int) std::min<int64_t>(per_row, nth) : nth, ty = nth / tx;
+    const dim3 grid((unsigned) ((per_row + tx - 1) / tx), (unsigned) std::min<int64_t>((ne01 + ty - 1) / ty, 65535),
+                    (unsigned) std::min<int64_t>(ne02 * ne03, 65535));
+    tq_cuda_convert<dq, VPT, dst_t><<<grid, dim3(tx, ty), 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02,
+                                                                       (uint32_t) (ne02 * ne03), s01, s02, s03);
+}
+
+// TQ_CUDA_CONVERT_PAIRS=1: 2 values per thread, for A/B timing against ggml-cuda's generic pattern
 static inline bool tq_cuda_convert_pairs() {
     static const bool pairs = []() {
         const char * e = getenv("TQ_CUDA_CONVERT_PAIRS");
@@ -177,18 +176,10 @@ static inline bool tq_cuda_convert_pairs() {
 template <void (*dq)(const void *, int64_t, int, float2 &), typename dst_t>
 static void tq_cuda_convert_nc(const void * vx, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02,
         const int64_t ne03, const int64_t s01, const int64_t s02, const int64_t s03, cudaStream_t stream) {
-    constexpr int nth = 256;
-    const uint32_t ne0203 = (uint32_t) (ne02 * ne03);
-    const unsigned gz = (unsigned) std::min<int64_t>(ne02 * ne03, 65535);
     if (tq_cuda_convert_pairs() || (uintptr_t) y % 16 != 0) {
-        // ggml-cuda's launch: one row per block row
-        const dim3 grid((unsigned) ((ne00 / 2 + nth - 1) / nth), (unsigned) std::min<int64_t>(ne01, 65535), gz);
-        tq_cuda_convert2<dq, dst_t><<<grid, nth, 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
+        tq_cuda_convert_launch<dq, 2>(vx, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
     } else {
-        const int64_t per_row = ne00 / 8;
-        const int tx = (int) std::min<int64_t>(per_row, nth), ty = nth / tx;
-        const dim3 grid((unsigned) ((per_row + tx - 1) / tx), (unsigned) std::min<int64_t>((ne01 + ty - 1) / ty, 65535), gz);
-        tq_cuda_convert8<dq, dst_t><<<grid, dim3(tx, ty), 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02, ne0203, s01, s02, s03);
+        tq_cuda_convert_launch<dq, 8>(vx, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
     }
 }
 

@@ -228,7 +228,7 @@ static void perf_convert(const char * name, size_t block_bytes, const std::vecto
                 if (which == 0) {
                     tq_cuda_convert_cont<dq, half>(dy, dh, (int64_t) n, 0);
                 } else if (which == 1) {
-                    tq_cuda_convert2<dq, half><<<(unsigned) ((n / 2 + 255) / 256), 256>>>(dy, dh, (int64_t) n, 1, 1, 1, nb, nb, nb);
+                    tq_cuda_convert_launch<dq, 2, half>(dy, dh, (int64_t) n, 1, 1, 1, nb, nb, nb, 0);
                 } else {
                     CK(cudaMemcpyAsync(dh2, dh, n * sizeof(half), cudaMemcpyDeviceToDevice));
                 }
