@@ -19,7 +19,7 @@
 #   # the device tool: run(command="bash benchmarks/gpu_bench.sh", carry=[".tqdev"])
 #
 #   6. compute-sanitizer memcheck / racecheck on the tq kernels (step "sanitize", not by default)
-#   break (not by default, after "pip"): the fused paths' tests against deliberately broken code
+#   break (not by default, after "pip" or "build"): the fused paths' tests against deliberately broken code
 #   ppprofile (not by default): ncu, a prefill ubatch's attention over 32K keys (test-backend-ops perf,
 #           512 tokens) kernel by kernel: the K/V conversion to f16 and the tensor-core kernel
 #           (TQ_PPPROFILE_TYPES, default "f16 q4_0 tq3 tq3@pairs")
@@ -46,7 +46,8 @@
 # warm caches at the clocks it runs at, nearer a real step than the default's flushed caches),
 # JOBS (default: all cores). A bench type "tq4/tq3t" sets K and V apart;
 # one written "tq3@vec" runs with
-# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@rb4" with TQ_CUDA_FA_RB=4 (the
+# TQ_CUDA_FA_DECODE=0, "tq3@unfused" with TQ_CUDA_FUSED_WRITE=0, "tq3@norope" with TQ_CUDA_FUSED_ROPE=0
+# (RoPE of Q and K in kernels of their own, not in the fused chains), "tq3@rb4" with TQ_CUDA_FA_RB=4 (the
 # decode kernel's 4 query rows per block at every depth), "tq3@c0" with TQ_CUDA_FA_COMBINE_TILES=0 (short
 # caches split as if the combine cost nothing: 2 splits at depth 0), "tq3@pairs" with TQ_CUDA_CONVERT_PAIRS=1
 # (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel).
@@ -158,17 +159,19 @@ if want test; then
     grep -E 'no FlashAttention vector kernel' "$out/tests.log" | sort -u | head >> "$sum"
 fi
 
-# ---- 3'. the fused paths' tests fail when the code they check is broken ("break", needs "pip": its
-# build tree): each break is one edit of native/cuda, a rebuild of test-backend-ops, the tests, the edit undone
-if want break && [ -d /tmp/tq-pip-build ]; then
+# ---- 3'. the fused paths' tests fail when the code they check is broken ("break", after "pip" or
+# "build": their build tree): each break is one edit of native/cuda, a rebuild of test-backend-ops, the
+# tests, the edit undone
+bb=/tmp/tq-pip-build; [ -d $bb ] || bb=$b
+if want break && [ -d $bb ]; then
     brk() { # what, file, sed expression, test-backend-ops -o
         local what=$1 f=$2 e=$3 ops=$4 t
         cp "$f" /tmp/tq-break.orig
         sed -i "$e" "$f"
         if cmp -s "$f" /tmp/tq-break.orig; then say "break $what: the edit changed nothing"; return; fi
         echo "== break $what: $e" >> "$out/break.log"
-        timeout $(( $(left) - 40 )) cmake --build /tmp/tq-pip-build -j "$jobs" --target test-backend-ops >> "$out/break.log" 2>&1
-        t=$(find /tmp/tq-pip-build -name test-backend-ops -type f -perm -u+x | head -1)
+        timeout $(( $(left) - 40 )) cmake --build $bb -j "$jobs" --target test-backend-ops >> "$out/break.log" 2>&1
+        t=$(find $bb -name test-backend-ops -type f -perm -u+x | head -1)
         timeout $(( $(left) - 30 )) "$t" -b CUDA0 -o "$ops" > /tmp/tq-break.log 2>&1
         cat /tmp/tq-break.log >> "$out/break.log"
         say "break $what ($ops): $(grep -cE 'TQ_[A-Z_]+\(.*OK' /tmp/tq-break.log) OK, $(grep -cE 'TQ_[A-Z_]+\(.*FAIL' /tmp/tq-break.log) FAIL"
@@ -178,6 +181,11 @@ if want break && [ -d /tmp/tq-pip-build ]; then
         's/if (pm) { v = v \* pm\[j\]; }/if (pm) { v = v; }/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
     [ "$(left)" -gt 100 ] && brk "the query's output one segment off" native/cuda/tq-fused-write.cuh \
         's/out\[e0 + i \* W + lane\] = reg\[i\]/out[(e0 + N) % (n_seg * N) + i * W + lane] = reg[i]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
+    [ "$(left)" -gt 100 ] && brk "RoPE turned the other way" native/cuda/tq-fused-write.cuh \
+        's/x0 \* c - x1 \* sn/x0 * c + x1 * sn/g' TQ_FUSED_WRITE
+    # the libraries as the code is, for the steps after
+    timeout $(( $(left) - 10 )) cmake --build $bb -j "$jobs" --target test-backend-ops >> "$out/break.log" 2>&1
+    say "break: rebuilt without the breaks rc=$?"
 fi
 
 # ---- 4. kernel-level attention over 32K keys: decode (1 token) and a prefill ubatch (512) ----------
@@ -211,12 +219,12 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=1; rb=0; ct=1; pairs=0
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; *@pairs) pairs=1 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@norope) rope=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; *@pairs) pairs=1 ;; esac
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs)" >> "$out/bench.log"
-        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
@@ -310,9 +318,10 @@ if want profile && [ "$(left)" -gt 90 ]; then
     done
     csvs=()
     for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do
-        t=${spec%@*}; fused=1; [ "$t" != "$spec" ] && fused=0
+        t=${spec%@*}; fused=1; rope=1
+        case $spec in *@unfused) fused=0 ;; *@norope) rope=0 ;; esac
         [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
-        TQ_CUDA_FUSED_WRITE=$fused GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv ${TQ_NCU_ARGS:-} \
+        TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv ${TQ_NCU_ARGS:-} \
             $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"
         say "ncu $spec rc=$?"
         csvs+=("$out/ncu-${spec/@/-}.csv")
