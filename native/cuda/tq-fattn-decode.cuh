@@ -15,9 +15,6 @@
 // split writes the output directly). A tile whose keys no row of the block sees (found on the mask's
 // raw fp16 -inf a tile ahead: the cells past the used ones, which llama.cpp pads to 256, a sliding
 // window's before it) is neither copied nor scored by the one-row blocks that short caches get.
-// Where llama un-rotates the output (a rotated V cache: a MUL_MAT with the Hadamard hint after the
-// attention), the kernel's epilogue, or the combine, writes it rotated in that MUL_MAT's place
-// (tq_cuda_try_fuse_attn_rot, tq-fused-write.cuh): one launch fewer per layer.
 //
 // Inside a block (128 threads), per tile of 16384/D keys:
 //  * K phase: a thread takes one 64-value block of two keys (D/64 threads per key, their partial
@@ -154,8 +151,6 @@ struct tq_fa_decode_kparams {
     int     n_splits;
     int     tiles_per_split;
     float   qscale;        // softmax scale * log2(e)
-    int     rot_n;         // > 0: each output row Hadamard-rotated in segments of rot_n (tq_fa_fwht_rows)
-    float   rot_scale;     // 1 / sqrt(rot_n), applied first
 };
 
 // ---- copies -----------------------------------------------------------------------------------
@@ -268,29 +263,6 @@ static __device__ __forceinline__ uint32_t tq_fa_lds_u32(const uint8_t * base, c
 static __device__ __forceinline__ float tq_fa_centroid(const float * tab, const uint32_t cw4, const int b) {
     // cw4 holds 4 * code in each byte: the byte offset into the table
     return *(const float *) ((const uint8_t *) tab + __byte_perm(cw4, 0u, 0x4440u + b));
-}
-
-// The rows x[r * D ..] (r < nrows, shared memory, already times the scale) Hadamard-rotated in
-// segments of n values (n a power of 2 dividing D: the pairs of the stages h < n stay inside them),
-// with every thread of the block: fwht.cu's transform over rows of n, the same pairs stage by stage
-// (h = 1, 2, 4, ..., the lower of each pair a + b, the upper a - b, the scale applied first), so the
-// values are those that its kernel would write from the same input.
-template <int D>
-static __device__ __forceinline__ void tq_fa_fwht_rows(float * x, const int nrows, const int tid, const int nt, const int n) {
-#pragma unroll 1
-    for (int h = 1; h < n; h <<= 1) {
-        __syncthreads();
-        for (int e = tid; e < nrows * (D / 2); e += nt) {
-            const int r = e / (D / 2);
-            const int k = e % (D / 2);
-            const int i = r * D + (k / h) * 2 * h + k % h;
-            const float a = x[i];
-            const float b = x[i + h];
-            x[i]     = a + b;
-            x[i + h] = a - b;
-        }
-    }
-    __syncthreads();
 }
 
 // ---- the kernel -------------------------------------------------------------------------------
@@ -768,18 +740,11 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     }
     __syncthreads();
 
-    // one split with a rotated output: the rows normalized into the query's buffer (free now), then
-    // rotated there by the whole block (a uniform branch)
-    const bool rot = p.n_splits == 1 && p.rot_n > 0;
-    float * so = sq;
     for (int e = tid; e < RB * D; e += TQ_FA_NT) {
         const int r   = e / D;
         const int dd  = e % D;
         const int row = r0 + r;
         if (row >= p.n_rows) {
-            if (rot) {
-                so[e] = 0.0f;
-            }
             continue;
         }
         float a = 0.0f;
@@ -794,12 +759,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         const int64_t rg = ((int64_t) seq * p.n_tokens + tok) * p.n_q_heads + head; // dst row: [D, heads, tokens, seqs]
         if (p.n_splits == 1) {
             // every key masked: 0, as the CPU backend writes
-            const float o = L > 0.0f ? a / L : 0.0f;
-            if (rot) {
-                so[e] = o * p.rot_scale;
-            } else {
-                p.dst[rg * D + dd] = o;
-            }
+            p.dst[rg * D + dd] = L > 0.0f ? a / L : 0.0f;
         } else {
             p.part[(rg * p.n_splits + split) * D + dd] = a;
             if (dd == 0) {
@@ -807,26 +767,12 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             }
         }
     }
-    if (rot) {
-        tq_fa_fwht_rows<D>(so, RB, tid, TQ_FA_NT, p.rot_n);
-        for (int e = tid; e < RB * D; e += TQ_FA_NT) {
-            const int row = r0 + e / D;
-            if (row < p.n_rows) {
-                const int tok  = row / p.G;
-                const int head = kvh * p.G + (row - tok * p.G);
-                const int64_t rg = ((int64_t) seq * p.n_tokens + tok) * p.n_q_heads + head;
-                p.dst[rg * D + e % D] = so[e];
-            }
-        }
-    }
 }
 
-// dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s, times rot_scale and
-// Hadamard-rotated in segments of rot_n where that is not 0
+// dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s
 template <int D>
 static __global__ void __launch_bounds__(D)
-tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits,
-                     const int rot_n, const float rot_scale) {
+tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits) {
     const int64_t row = blockIdx.x;
     const int dd = threadIdx.x;
     part += row * n_splits * D;
@@ -844,15 +790,7 @@ tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict_
         a += f * part[s * D + dd];
         L += f * v.y;
     }
-    const float o = L > 0.0f ? a / L : 0.0f;
-    if (rot_n == 0) {
-        dst[row * D + dd] = o;
-        return;
-    }
-    __shared__ float so[D];
-    so[dd] = o * rot_scale;
-    tq_fa_fwht_rows<D>(so, 1, dd, D, rot_n);
-    dst[row * D + dd] = so[dd];
+    dst[row * D + dd] = L > 0.0f ? a / L : 0.0f;
 }
 
 // ---- host side --------------------------------------------------------------------------------
@@ -872,12 +810,6 @@ struct tq_fa_decode_args {
     const void * mask; int64_t nbm1, nbm3; int nem3;
     float scale;
     float * dst;
-    // > 0: dst receives each output row Hadamard-rotated in segments of rot_n values (fwht.cu's
-    // transform, scale 1/sqrt(rot_n); rot_n a power of 2 dividing D), as the MUL_MAT that llama puts
-    // after the attention of a rotated V cache computes it. dst may then be Q's own memory, row for
-    // row (the allocator's reuse): a block reads its rows of Q before it writes the same rows, and
-    // with key splits only the combine writes
-    int rot_n;
 };
 
 typedef void (*tq_fa_kernel_t)(const tq_fa_decode_kparams);
@@ -1093,8 +1025,6 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.n_splits = pl.n_splits;
     p.tiles_per_split = pl.tiles_per_split;
     p.qscale = a.scale * TQ_FA_LOG2E;
-    p.rot_n = a.rot_n;
-    p.rot_scale = a.rot_n > 0 ? 1 / sqrtf((float) a.rot_n) : 0.0f;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
     pl.kernel<<<grid, TQ_FA_NT, 0, stream>>>(p);
@@ -1103,9 +1033,9 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
         return err;
     }
     switch (a.D) {
-        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits, p.rot_n, p.rot_scale); break;
-        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits, p.rot_n, p.rot_scale); break;
-        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits, p.rot_n, p.rot_scale); break;
+        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
     }
     return cudaGetLastError();
 }
@@ -1124,13 +1054,10 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 }
 
 // FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
-// else, which then takes the generic kernels. rot_dst: not NULL, the output goes there Hadamard-rotated
-// in segments of rot_n (tq_fa_decode_args.rot_n) in place of dst, for the MUL_MAT that follows the
-// attention of a rotated V cache (ggml-cuda.cu calls it so through tq_cuda_try_fuse, hence not static).
-// For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
+// else, which then takes the generic kernels. For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
 // TQ_CUDA_FA_RB=1|2|4 fixes its rows per block, TQ_CUDA_FA_COMBINE_TILES=0 splits short caches as if
 // the combine cost nothing.
-bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst, float * rot_dst = nullptr, int rot_n = 0) {
+static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
         return e == nullptr || atoi(e) != 0;
@@ -1204,25 +1131,6 @@ bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     a.dst = (float *) dst->data;
     if (!tq_fa_decode_supported(a)) {
         return false;
-    }
-    if (rot_dst) {
-        if (rot_n < 2 || (rot_n & (rot_n - 1)) != 0 || D % rot_n != 0) {
-            return false;
-        }
-        // the rotated rows go where the MUL_MAT writes: memory that K, V and the mask must not share,
-        // and Q only as the same rows (its layout is dst's: [D, heads, tokens, seqs] contiguous)
-        const char * r0 = (const char *) rot_dst;
-        const char * r1 = r0 + ggml_nbytes(dst);
-        const auto overlaps = [&](const ggml_tensor * t) {
-            return t && (const char *) t->data < r1 && r0 < (const char *) t->data + ggml_nbytes(t);
-        };
-        const bool q_same_rows = (const char *) Q->data == r0 && Q->nb[2] == (int64_t) (D * sizeof(float)) &&
-                                 Q->nb[1] == Q->ne[2] * Q->nb[2] && Q->nb[3] == Q->ne[1] * Q->nb[1];
-        if (overlaps(K) || overlaps(V) || overlaps(mask) || (overlaps(Q) && !q_same_rows)) {
-            return false;
-        }
-        a.dst = rot_dst;
-        a.rot_n = rot_n;
     }
 
     const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0, force_rb, combine_tiles);

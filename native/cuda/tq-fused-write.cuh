@@ -409,56 +409,10 @@ static void tq_cuda_fused_dispatch(const tq_cuda_fusion & f, cudaStream_t stream
     }
 }
 
-// native/cuda/tq-fattn-decode.cuh, defined in fattn.cu: the tq decode attention, its output rotated into
-// rot_dst when that is not NULL; false where it does not take the node (nothing launched)
-bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst, float * rot_dst, int rot_n);
-
-// The attention at node i and the un-rotation of its output that llama puts after it for a rotated
-// V cache (reshapes, then MUL_MAT with the Hadamard hint over rows of the head size or a power of 2
-// that divides it: llama.cpp rotates V in rows of 64): the decode kernel writes the rotated rows
-// itself, one launch fewer per layer. Returns how many nodes after i that covered, or 0 (nothing
-// run). TQ_CUDA_FA_ROT_OUT=0 switches it off (A/B timing).
-static int tq_cuda_try_fuse_attn_rot(ggml_backend_cuda_context & ctx, const ggml_cgraph * g, const int i) {
-    static const bool enabled = []() {
-        const char * e = getenv("TQ_CUDA_FA_ROT_OUT");
-        return e == nullptr || atoi(e) != 0;
-    }();
-    ggml_tensor * fa = g->nodes[i];
-    const ggml_type tk = fa->src[1] ? fa->src[1]->type : GGML_TYPE_COUNT;
-    if (!enabled || (tk != GGML_TYPE_TQ2 && tk != GGML_TYPE_TQ3 && tk != GGML_TYPE_TQ4 && tk != GGML_TYPE_TQ3T)) {
-        return 0;
-    }
-    const ggml_tensor * cur = fa;
-    for (int j = i + 1; j < g->n_nodes; ++j) {
-        const ggml_tensor * n = g->nodes[j];
-        if (tq_cuda_fuse_is_view(n) && n->src[0] == cur) {
-            cur = n;
-            continue;
-        }
-        if (n->op != GGML_OP_MUL_MAT || n->src[1] != cur || ggml_get_op_params_i32(n, 1) != GGML_HINT_SRC0_IS_HADAMARD ||
-            !ggml_cuda_op_mul_mat_use_fwht(n) || n->type != GGML_TYPE_F32 || !ggml_is_contiguous(n) ||
-            fa->ne[0] % n->ne[0] != 0 || ggml_nelements(n) != ggml_nelements(fa) || !ggml_is_contiguous(fa)) {
-            return 0;
-        }
-        // the attention's output and its reshapes are read only here
-        for (int u = i; u < j; ++u) {
-            if (ggml_node_get_use_count(g, u) != 1 || (g->nodes[u]->flags & GGML_TENSOR_FLAG_OUTPUT)) {
-                return 0;
-            }
-        }
-        if (!tq_cuda_flash_attn_ext_decode(ctx, fa, (float *) n->data, (int) n->ne[0])) {
-            return 0;
-        }
-        return j - i;
-    }
-    return 0;
-}
-
 // The one call ggml_cuda_try_fuse makes: runs the chain that starts at node i as one kernel and
 // returns how many nodes after i it covered, or 0 (nothing run) where no chain matches or the
-// written memory overlaps what the chain reads; or the attention and its output's un-rotation
-// (tq_cuda_try_fuse_attn_rot). TQ_CUDA_FUSED_WRITE=0 switches the chains off, TQ_CUDA_FUSED_ROPE=0
-// leaves RoPE out of them (A/B timing).
+// written memory overlaps what the chain reads. TQ_CUDA_FUSED_WRITE=0 switches it off,
+// TQ_CUDA_FUSED_ROPE=0 leaves RoPE out of it (A/B timing).
 static int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * g, const int i) {
     static const auto env_on = [](const char * name) {
         const char * e = getenv(name);
@@ -467,9 +421,6 @@ static int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph *
     static const bool enabled   = env_on("TQ_CUDA_FUSED_WRITE");
     static const bool with_rope = env_on("TQ_CUDA_FUSED_ROPE");
     const ggml_tensor * n = g->nodes[i];
-    if (n->op == GGML_OP_FLASH_ATTN_EXT) {
-        return tq_cuda_try_fuse_attn_rot(ctx, g, i);
-    }
     if (!enabled || (n->op != GGML_OP_SUB && n->op != GGML_OP_MUL && n->op != GGML_OP_DIV && n->op != GGML_OP_MUL_MAT &&
                      n->op != GGML_OP_ROPE)) {
         return 0;
