@@ -50,8 +50,7 @@
 # (RoPE of Q and K in kernels of their own, not in the fused chains), "tq3@rb4" with TQ_CUDA_FA_RB=4 (the
 # decode kernel's 4 query rows per block at every depth), "tq3@c0" with TQ_CUDA_FA_COMBINE_TILES=0 (short
 # caches split as if the combine cost nothing: 2 splits at depth 0), "tq3@pairs" with TQ_CUDA_CONVERT_PAIRS=1
-# (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel), "tq3@nopdl"
-# with TQ_CUDA_PDL=0 (the tq kernels launched without programmatic dependent launch, ggml's with it).
+# (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -184,9 +183,6 @@ if want break && [ -d $bb ]; then
         's/out\[e0 + i \* W + lane\] = reg\[i\]/out[(e0 + N) % (n_seg * N) + i * W + lane] = reg[i]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
     [ "$(left)" -gt 100 ] && brk "RoPE turned the other way" native/cuda/tq-fused-write.cuh \
         's/x0 \* c - x1 \* sn/x0 * c + x1 * sn/g' TQ_FUSED_WRITE
-    # a race, so it may pass by luck: the attention reading the cache before its write has finished
-    [ "$(left)" -gt 100 ] && brk "the decode kernel not waiting for the kernels before it" native/cuda/tq-fattn-decode.cuh \
-        's/tq_cuda_pdl_wait();/(void) 0;/g' TQ_ATTN_LAYER
     # the libraries as the code is, for the steps after
     timeout $(( $(left) - 10 )) cmake --build $bb -j "$jobs" --target test-backend-ops >> "$out/break.log" 2>&1
     say "break: rebuilt without the breaks rc=$?"
@@ -223,12 +219,12 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; pdl=1
-        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@norope) rope=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; *@pairs) pairs=1 ;; *@nopdl) pdl=0 ;; esac
+        t=${spec%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0
+        case $spec in *@vec) fa_decode=0 ;; *@unfused) fused=0 ;; *@norope) rope=0 ;; *@rb4) rb=4 ;; *@c0) ct=0 ;; *@pairs) pairs=1 ;; esac
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs TQ_CUDA_PDL=$pdl)" >> "$out/bench.log"
-        TQ_CUDA_PDL=$pdl TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs)" >> "$out/bench.log"
+        TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done

@@ -5,11 +5,7 @@
 #pragma once
 
 #include <cuda_fp16.h>
-#include <cuda_runtime.h>
 #include <stdint.h>
-
-#include <cstdlib>
-#include <utility>
 
 #include "tq-blocks.h"
 #include "tq-math.h"
@@ -144,63 +140,3 @@ static __device__ __forceinline__ void tq_cuda_qjl_term2(const uint8_t * qj, con
     t0 = ((TQ_QJL_D1 >> j) & 1) ? -s0 : s0;
     t1 = ((TQ_QJL_D1 >> (j + 1)) & 1) ? -s1 : s1;
 }
-
-// ---- programmatic dependent launch (Hopper and newer) -------------------------------------------
-// ggml-cuda launches its own kernels so that the next kernel of a stream may start while the one
-// before it finishes (ggml_cuda_kernel_launch); a kernel launched so must wait for its predecessor
-// before it reads what that wrote. Every tq kernel launched through tq_cuda_launch calls
-// tq_cuda_pdl_wait before its first read of global memory that an earlier kernel may write (before
-// that it only computes indices and reads constant tables), and tq_cuda_pdl_trigger, which lets its
-// successor launch, only after that wait (the decode kernel: after its keys). Triggered at the top
-// instead, each waiting kernel let the next one launch in turn, blocks that held SM slots ahead of
-// the work: tq3 decode 2 % slower at depth 0 and 6 % at 32K on an H100.
-static __device__ __forceinline__ void tq_cuda_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-static __device__ __forceinline__ void tq_cuda_pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization where pdl
-template <typename... KArgs, typename... Args>
-static cudaError_t tq_cuda_launch(void (*kernel)(KArgs...), const dim3 grid, const dim3 block, const cudaStream_t stream,
-                                  const bool pdl, Args &&... args) {
-    if (pdl) {
-        cudaLaunchAttribute attr = {};
-        attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr.val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim  = grid;
-        cfg.blockDim = block;
-        cfg.stream   = stream;
-        cfg.attrs    = &attr;
-        cfg.numAttrs = 1;
-        return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
-    }
-    kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
-    return cudaGetLastError();
-}
-
-#ifdef GGML_CUDA_CC_HOPPER
-// ggml-cuda's common.cuh came first: whether a tq kernel launches as ggml's own would
-// (GGML_CUDA_USE_PDL, GGML_CUDA_PDL, the kernel built for sm_90 or newer). TQ_CUDA_PDL=0 launches
-// the tq kernels without it, ggml's unchanged (A/B timing).
-static inline bool tq_cuda_pdl(const void * kernel) {
-#if defined(GGML_CUDA_USE_PDL)
-    static const bool on = []() {
-        const char * g = getenv("GGML_CUDA_PDL");
-        const char * t = getenv("TQ_CUDA_PDL");
-        return (g == nullptr || atoi(g) != 0) && (t == nullptr || atoi(t) != 0);
-    }();
-    return on && ggml_cuda_kernel_can_use_pdl(kernel);
-#else
-    (void) kernel;
-    return false;
-#endif
-}
-#endif // GGML_CUDA_CC_HOPPER

@@ -426,8 +426,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     const char * Kh = p.K + seq * p.nbk3 + kvh * p.nbk2;
     const char * Vh = p.V + seq * p.nbv3 + kvh * p.nbv2;
 
-    // Q, K, V and the mask are what the kernels before this one wrote
-    tq_cuda_pdl_wait();
     for (int e = tid; e < RB * D; e += TQ_FA_NT) {
         const int r = e / D;
         const int d = e % D;
@@ -740,8 +738,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
             }
         }
     }
-    // the keys are done: the next kernel may launch (it waits for this one to finish before it reads)
-    tq_cuda_pdl_trigger();
     __syncthreads();
 
     for (int e = tid; e < RB * D; e += TQ_FA_NT) {
@@ -776,9 +772,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
 // dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s
 template <int D>
 static __global__ void __launch_bounds__(D)
-tq_fa_decode_combine(const float * part, const float2 * ml, float * dst, const int n_splits) {
-    tq_cuda_pdl_wait();
-    tq_cuda_pdl_trigger();
+tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits) {
     const int64_t row = blockIdx.x;
     const int dd = threadIdx.x;
     part += row * n_splits * D;
@@ -816,8 +810,6 @@ struct tq_fa_decode_args {
     const void * mask; int64_t nbm1, nbm3; int nem3;
     float scale;
     float * dst;
-    // launch with programmatic stream serialization (tq_cuda_launch), as ggml-cuda's own kernels
-    bool pdl;
 };
 
 typedef void (*tq_fa_kernel_t)(const tq_fa_decode_kparams);
@@ -1035,16 +1027,17 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.qscale = a.scale * TQ_FA_LOG2E;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
-    const cudaError_t err = tq_cuda_launch(pl.kernel, grid, dim3(TQ_FA_NT), stream, a.pdl, p);
+    pl.kernel<<<grid, TQ_FA_NT, 0, stream>>>(p);
+    cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || pl.n_splits == 1) {
         return err;
     }
-    const dim3 rows((unsigned) rows_total);
     switch (a.D) {
-        case 64:  return tq_cuda_launch(tq_fa_decode_combine< 64>, rows, dim3( 64), stream, a.pdl, p.part, p.part_ml, a.dst, pl.n_splits);
-        case 128: return tq_cuda_launch(tq_fa_decode_combine<128>, rows, dim3(128), stream, a.pdl, p.part, p.part_ml, a.dst, pl.n_splits);
-        default:  return tq_cuda_launch(tq_fa_decode_combine<256>, rows, dim3(256), stream, a.pdl, p.part, p.part_ml, a.dst, pl.n_splits);
+        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
     }
+    return cudaGetLastError();
 }
 
 // ---- ggml entry (fattn.cu defines TQ_FA_DECODE_GGML before including this header) -------------
@@ -1063,7 +1056,7 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 // FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
 // else, which then takes the generic kernels. For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
 // TQ_CUDA_FA_RB=1|2|4 fixes its rows per block, TQ_CUDA_FA_COMBINE_TILES=0 splits short caches as if
-// the combine cost nothing; TQ_CUDA_PDL=0 launches it without programmatic dependent launch.
+// the combine cost nothing.
 static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
@@ -1144,7 +1137,6 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
     if (!pl.kernel) {
         return false;
     }
-    a.pdl = tq_cuda_pdl((const void *) pl.kernel);
     ggml_cuda_pool_alloc<float> scratch(ctx.pool());
     if (pl.scratch_floats > 0) {
         scratch.alloc(pl.scratch_floats);

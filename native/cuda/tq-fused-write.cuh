@@ -75,7 +75,7 @@ static __global__ void tq_k_fused_write(const float * x, const int64_t xne1, con
                                         const tq_cuda_operand sub, const tq_cuda_operand mul,
                                         const tq_cuda_operand div, const int64_t n_seg, const int64_t ne0, const int64_t ne1,
                                         const int64_t ne2, const float scale, float * out,
-                                        const idx_t * idx, const int64_t idx_s0, char * dst,
+                                        const idx_t * __restrict__ idx, const int64_t idx_s0, char * __restrict__ dst,
                                         const int64_t dst_ne0, const size_t dst_nb1) {
     constexpr int W  = 32;
     constexpr int EL = N / W;
@@ -106,8 +106,7 @@ static __global__ void tq_k_fused_write(const float * x, const int64_t xne1, con
     const int64_t xr3 = xr / xne2;
     const float * px  = x + xr1 * xs1 + xr2 * xs2 + xr3 * xs3;
 
-    tq_cuda_pdl_wait();
-    tq_cuda_pdl_trigger();
+    ggml_cuda_pdl_sync();
     float reg[EL];
 #pragma unroll
     for (int i = 0; i < EL; ++i) {
@@ -385,13 +384,12 @@ static void tq_cuda_fused_launch(const tq_cuda_fusion & f, cudaStream_t stream) 
     const int64_t xs1  = rows ? (int64_t) (x->nb[1] / sizeof(float)) : N;
     const int64_t xs2  = rows ? (int64_t) (x->nb[2] / sizeof(float)) : 0;
     const int64_t xs3  = rows ? (int64_t) (x->nb[3] / sizeof(float)) : 0;
-    const auto kernel = tq_k_fused_write<N, block_t, idx_t>;
-    CUDA_CHECK(tq_cuda_launch(kernel, grid, block, stream, tq_cuda_pdl((const void *) kernel),
+    tq_k_fused_write<N, block_t, idx_t><<<grid, block, 0, stream>>>(
         (const float *) x->data, xne1, xne2, xs1, xs2, xs3, tq_cuda_fuse_rope(f.rope),
         tq_cuda_fuse_operand(f.sub), tq_cuda_fuse_operand(f.mul), tq_cuda_fuse_operand(f.div),
         n_seg, sh->ne[0], sh->ne[1], sh->ne[2], 1.0f / sqrtf((float) N), sr ? nullptr : (float *) f.rot->data,
         sr ? (const idx_t *) sr->src[1]->data : nullptr, sr ? (int64_t) (sr->src[1]->nb[0] / sizeof(idx_t)) : 0,
-        sr ? (char *) sr->data : nullptr, sr ? sr->ne[0] : 1, sr ? sr->nb[1] : 0));
+        sr ? (char *) sr->data : nullptr, sr ? sr->ne[0] : 1, sr ? sr->nb[1] : 0);
 }
 
 template <int N>

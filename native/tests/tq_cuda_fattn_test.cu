@@ -276,7 +276,6 @@ static tq_fa_decode_args args_of(const problem & P, const void * K, const void *
 }
 
 static int g_nsm = 0;
-static bool g_pdl = false; // sm_90 or newer: every other run launches with programmatic dependent launch
 
 // the case at the plan's own rows per block and, where that is fewer, at the most rows too, so that
 // every RB reads short caches
@@ -320,10 +319,7 @@ static bool run_case_rb(const tcase & c, const int force_rb) {
     if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
     const size_t nout = (size_t) c.nseq * c.ntok * P.nqh * c.D;
     CK(cudaMemset(P.dout, 0xff, nout * sizeof(float))); // NaN: an unwritten output fails
-    static int n_runs = 0;
-    tq_fa_decode_args al = a;
-    al.pdl = g_pdl && n_runs++ % 2 == 1;
-    CK(tq_fa_decode_launch(al, pl, scratch, 0));
+    CK(tq_fa_decode_launch(a, pl, scratch, 0));
     CK(cudaDeviceSynchronize());
     std::vector<float> out(nout);
     CK(cudaMemcpy(out.data(), P.dout, nout * sizeof(float), cudaMemcpyDeviceToHost));
@@ -527,9 +523,7 @@ int main(int argc, char ** argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, dev));
     CK(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev));
-    g_pdl = prop.major >= 9;
-    printf("device: %s, %d SMs, L2 %d MB%s\n", prop.name, g_nsm, prop.l2CacheSize >> 20,
-           g_pdl ? "; every other case launched with programmatic dependent launch" : "");
+    printf("device: %s, %d SMs, L2 %d MB\n", prop.name, g_nsm, prop.l2CacheSize >> 20);
 
     int failures = 0, ncases = 0;
     if (do_tests) {
