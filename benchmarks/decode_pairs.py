@@ -4,8 +4,7 @@ drift (15 % between llama-bench runs on the 2-core machine) falls on all of them
 writes the median over the tokens of each cache's speed relative to the first cache, per range of
 positions. A cache may carry KV-cache options, `tq3:rope=post` (each `:key=value` one of the
 package's kv_options, set for its context as the Llama wrapper sets them), and `:rot=off` turns
-llama.cpp's Hadamard rotation off (LLAMA_ATTN_ROT_DISABLE=1: a timing probe, not a usable tq cache);
-`:fused=off` decodes that context with ggml-cpu's tq fusion off (TQ_CPU_FUSED=0, read per graph).
+llama.cpp's Hadamard rotation off (LLAMA_ATTN_ROT_DISABLE=1: a timing probe, not a usable tq cache).
     python benchmarks/decode_pairs.py [--model smollm2] [--types f16,tq3,tq3:rope=post] [--tokens 256]
         [--ranges 1-64,64-256] [--threads 2] [--out FILE]
     python benchmarks/decode_pairs.py --prompt 512 [--depth 4096] [--rounds 20] ...
@@ -32,10 +31,10 @@ from tq_llamacpp.llama import cache_type, kv_options_string, thread_kv_options  
 
 def options_of(spec: str) -> tuple[str, bool]:
     """the spec's KV-cache options as the package's option string, and whether rot=off is among them"""
-    opts = [o for o in spec.split(":")[1:] if o not in ("rot=off", "fused=off")]
+    opts = [o for o in spec.split(":")[1:] if o != "rot=off"]
     if any(o.startswith("rot=") for o in opts):
         raise SystemExit(f"decode_pairs: rot=off is the one rot option: {spec}")
-    return kv_options_string(None, ",".join(opts)), "rot=off" in spec.split(":")
+    return kv_options_string(None, ",".join(opts)), len(opts) < len(spec.split(":")) - 1
 
 
 def main() -> None:
@@ -114,7 +113,6 @@ def main() -> None:
                     L.llama_memory_seq_rm(mem, 0, a.depth, -1)
                 else:
                     L.llama_memory_clear(mem, True)
-            os.environ["TQ_CPU_FUSED"] = "0" if "fused=off" in specs[i].split(":") else "1"
             t0 = time.perf_counter()
             if L.llama_decode(ctx, batch) != 0:
                 raise SystemExit(f"decode_pairs: llama_decode failed for {specs[i]} at step {step}")
