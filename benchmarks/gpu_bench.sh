@@ -182,9 +182,11 @@ if want break && [ -d $bb ]; then
     [ "$(left)" -gt 100 ] && brk "K's factors not applied" native/cuda/tq-fused-write.cuh \
         's/if (pm) { v = v \* pm\[j\]; }/if (pm) { v = v; }/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
     [ "$(left)" -gt 100 ] && brk "the query's output one segment off" native/cuda/tq-fused-write.cuh \
-        's/out\[e0 + i \* W + lane\] = reg\[i\]/out[(e0 + N) % (n_seg * N) + i * W + lane] = reg[i]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
+        's/out\[e0 + i \* W + lane\] = reg\[i\]/out[(e0 + N) % (c.n_seg * N) + i * W + lane] = reg[i]/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
     [ "$(left)" -gt 100 ] && brk "RoPE turned the other way" native/cuda/tq-fused-write.cuh \
-        's/x0 \* c - x1 \* sn/x0 * c + x1 * sn/g' TQ_FUSED_WRITE
+        's/x0 \* cs_ - x1 \* sn/x0 * cs_ + x1 * sn/g' TQ_ATTN_LAYER,TQ_FUSED_WRITE
+    [ "$(left)" -gt 100 ] && brk "every block of a launch of several chains runs the first chain" native/cuda/tq-fused-write.cuh \
+        's/const tq_cuda_chain \& c = cs.c\[jc\];/const tq_cuda_chain \& c = cs.c[0];/' TQ_ATTN_LAYER,TQ_FUSED_WRITE
     # the libraries as the code is, for the steps after
     timeout $(( $(left) - 10 )) cmake --build $bb -j "$jobs" --target test-backend-ops >> "$out/break.log" 2>&1
     say "break: rebuilt without the breaks rc=$?"
@@ -221,15 +223,15 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0
+        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1
         for f in $(tr '@' ' ' <<< "${spec#"$t"}"); do
-            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;;
+            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;;
                 *) say "bench: unknown flag @$f in $spec" ;; esac
         done
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt)" >> "$out/bench.log"
-        GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge)" >> "$out/bench.log"
+        TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
@@ -323,10 +325,10 @@ if want profile && [ "$(left)" -gt 90 ]; then
     done
     csvs=()
     for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do
-        t=${spec%@*}; fused=1; rope=1
-        case $spec in *@unfused) fused=0 ;; *@norope) rope=0 ;; esac
+        t=${spec%@*}; fused=1; rope=1; merge=1
+        case $spec in *@unfused) fused=0 ;; *@norope) rope=0 ;; *@sep) merge=0 ;; esac
         [ "$(left)" -gt 40 ] || { say "profile: out of time before $spec"; break; }
-        TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv ${TQ_NCU_ARGS:-} \
+        TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_DISABLE_GRAPHS=1 timeout $(( $(left) - 20 )) ncu --metrics gpu__time_duration.sum --csv ${TQ_NCU_ARGS:-} \
             $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 1 -r 1 -d 0 --no-warmup > "$out/ncu-${spec/@/-}.csv" 2>> "$out/profile.log"
         say "ncu $spec rc=$?"
         csvs+=("$out/ncu-${spec/@/-}.csv")

@@ -13,7 +13,10 @@
 // because those files keep them inside their kernels; the SET_ROWS coder), so the fused chain writes
 // the bytes the unfused one writes. RoPE joins a chain only where its segment is one whole head
 // (n_rot = the rotated dims = the head size): NEOX pairs values half a head apart.
-// A chain that does not match exactly is left to the unfused kernels.
+// A chain that does not match exactly is left to the unfused kernels. The chains of a layer's Q, K
+// and V, one after another in the graph (tq-kv-center.cpp puts the three projections before them at
+// decode), run in one launch, each on thread blocks of its own: at decode each chain is a few
+// thread blocks whose time is latency, so three launches cost about three times one.
 // Needs ggml-cuda's common.cuh, ggml-impl.h (use counts) and fwht.cuh first.
 #pragma once
 
@@ -68,43 +71,97 @@ struct tq_cuda_fusion {
     const ggml_tensor * set_rows = nullptr;  // SET_ROWS into a tq2/tq3/tq4/tq2t/tq3t cache, or none
 };
 
-template <int N, typename block_t, typename idx_t>
+// One chain's arguments for the kernel (tq_cuda_chain_args); a launch runs up to TQ_CUDA_MAX_CHAINS of them,
+// each on its own thread blocks
+struct tq_cuda_chain {
+    const float * x = nullptr;                  // read in rows of N values: row r1 of token r2 at r1 * xs1 + r2 * xs2 + r3 * xs3
+    int64_t xne1 = 1, xne2 = 1, xs1 = 0, xs2 = 0, xs3 = 0;
+    tq_cuda_rope    rope;
+    tq_cuda_operand sub, mul, div;
+    int64_t n_seg = 0;                          // segments of N values
+    int64_t ne0 = 1, ne1 = 1, ne2 = 1;          // the element-wise steps' shape (the operands' broadcast)
+    float * out = nullptr;                      // no write: the rotated values go here
+    const void * idx = nullptr;                 // SET_ROWS: the rows' indices (I32 or I64), every idx_s0-th
+    int64_t  idx_s0 = 0;
+    bool     idx64  = false;
+    char *   dst = nullptr;                     // the cache, rows of dst_ne0 values dst_nb1 bytes apart
+    int64_t  dst_ne0 = 1;
+    size_t   dst_nb1 = 0;
+    ggml_type type = GGML_TYPE_F32;             // the cache's type (F32: no write)
+    int      n_rot = 0;                         // the rotation's size: N, or (a chain of the rotation alone) less
+    float    scale = 1.0f;                      // 1/sqrt(n_rot), as fwht.cu's host code computes it
+    unsigned block0 = 0;                        // the chain's first thread block in the launch
+};
+
+// K's, V's and the query's chains of one layer come one after another in llama's graph
+static constexpr int TQ_CUDA_MAX_CHAINS = 3;
+struct tq_cuda_chains {
+    tq_cuda_chain c[TQ_CUDA_MAX_CHAINS];
+    int n = 0;
+};
+
+// the chains are read where the thread block's index puts them, which needs their address: without
+// __grid_constant__ (compute capability 7.0 on) the compiler copies the whole parameter to local memory
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+#define TQ_CUDA_GRID_CONSTANT __grid_constant__
+#else
+#define TQ_CUDA_GRID_CONSTANT
+#endif
+
+// the N rotated values of segment e0 (in shared memory, s) coded into their cache row
+template <int N, typename block_t>
+static __device__ __forceinline__ void tq_cuda_fused_code(const tq_cuda_chain & c, const float * s, const int64_t e0, const int lane) {
+    // SET_ROWS: row e0 / dst_ne0 of the source goes to cache row idx[that row] (N divides dst_ne0)
+    const int64_t ir  = (e0 / c.dst_ne0) * c.idx_s0;
+    const int64_t row = c.idx64 ? ((const int64_t *) c.idx)[ir] : ((const int32_t *) c.idx)[ir];
+    block_t * y = (block_t *) (c.dst + row * c.dst_nb1) + (e0 % c.dst_ne0) / TQ_BLOCK;
+    constexpr int NB = N / TQ_BLOCK;
+#pragma unroll
+    for (int b = 0; b < NB; b += 2) {
+        const int  bb    = b + lane / 16;
+        const bool valid = bb < NB;
+        tq_cuda_quantize_block16<block_t>(s + (valid ? bb : b) * TQ_BLOCK, y + (valid ? bb : b), valid);
+    }
+}
+
+// TCQ: the trellis coders too (their Viterbi tables take 16 KiB of shared memory)
+template <int N, bool TCQ>
 __launch_bounds__(128, 1)
-static __global__ void tq_k_fused_write(const float * x, const int64_t xne1, const int64_t xne2, const int64_t xs1,
-                                        const int64_t xs2, const int64_t xs3, const tq_cuda_rope rope,
-                                        const tq_cuda_operand sub, const tq_cuda_operand mul,
-                                        const tq_cuda_operand div, const int64_t n_seg, const int64_t ne0, const int64_t ne1,
-                                        const int64_t ne2, const float scale, float * out,
-                                        const idx_t * __restrict__ idx, const int64_t idx_s0, char * __restrict__ dst,
-                                        const int64_t dst_ne0, const size_t dst_nb1) {
+static __global__ void tq_k_fused_write(const TQ_CUDA_GRID_CONSTANT tq_cuda_chains cs) {
     constexpr int W  = 32;
     constexpr int EL = N / W;
+    int jc = 0;
+#pragma unroll
+    for (int k = 1; k < TQ_CUDA_MAX_CHAINS; ++k) {
+        jc += k < cs.n && blockIdx.x >= cs.c[k].block0;
+    }
+    const tq_cuda_chain & c = cs.c[jc];
     const int     lane = threadIdx.x;
-    const int64_t seg  = (int64_t) blockIdx.x * blockDim.y + threadIdx.y;
-    if (seg >= n_seg) {
+    const int64_t seg  = (int64_t) (blockIdx.x - c.block0) * blockDim.y + threadIdx.y;
+    if (seg >= c.n_seg) {
         return; // the whole warp: seg depends on threadIdx.y only
     }
     const int64_t e0 = seg * N;
     // a segment lies in one row of x (N divides ne0): the operands' row offsets once per segment
-    const int64_t i0 = e0 % ne0;
-    int64_t       r  = e0 / ne0;
-    const int64_t i1 = r % ne1;
-    r /= ne1;
-    const int64_t i2 = r % ne2;
-    const int64_t i3 = r / ne2;
+    const int64_t i0 = e0 % c.ne0;
+    int64_t       r  = e0 / c.ne0;
+    const int64_t i1 = r % c.ne1;
+    r /= c.ne1;
+    const int64_t i2 = r % c.ne2;
+    const int64_t i3 = r / c.ne2;
     const auto at = [&](const tq_cuda_operand & o) {
         return o.d ? o.d + (i1 % o.ne[1]) * o.nb[1] + (i2 % o.ne[2]) * o.nb[2] + (i3 % o.ne[3]) * o.nb[3] + i0 : nullptr;
     };
-    const float * ps = at(sub);
-    const float * pm = at(mul);
-    const float * pd = at(div);
+    const float * ps = at(c.sub);
+    const float * pm = at(c.mul);
+    const float * pd = at(c.div);
     // the segment in x's own shape (rows of N values; a view's strides): row xr1 of token xr2
     int64_t       xr  = e0 / N;
-    const int64_t xr1 = xr % xne1;
-    xr /= xne1;
-    const int64_t xr2 = xr % xne2;
-    const int64_t xr3 = xr / xne2;
-    const float * px  = x + xr1 * xs1 + xr2 * xs2 + xr3 * xs3;
+    const int64_t xr1 = xr % c.xne1;
+    xr /= c.xne1;
+    const int64_t xr2 = xr % c.xne2;
+    const int64_t xr3 = xr / c.xne2;
+    const float * px  = c.x + xr1 * c.xs1 + xr2 * c.xs2 + xr3 * c.xs3;
 
     ggml_cuda_pdl_sync();
     float reg[EL];
@@ -112,33 +169,35 @@ static __global__ void tq_k_fused_write(const float * x, const int64_t xne1, con
     for (int i = 0; i < EL; ++i) {
         reg[i] = px[i * W + lane];
     }
+    const tq_cuda_rope & rope = c.rope;
     if (rope.pos) {
         const int32_t p = rope.pos[xr2];
         if (rope.neox) {
             // values k and k + N/2 (registers i and i + EL/2 of a lane) turn together
 #pragma unroll
             for (int i = 0; i < EL / 2; ++i) {
-                float c, sn;
-                tq_cuda_rope_cs(rope, p, i * W + lane, c, sn);
+                float cs_, sn;
+                tq_cuda_rope_cs(rope, p, i * W + lane, cs_, sn);
                 const float x0 = reg[i];
                 const float x1 = reg[i + EL / 2];
-                reg[i]          = x0 * c - x1 * sn;
-                reg[i + EL / 2] = x0 * sn + x1 * c;
+                reg[i]          = x0 * cs_ - x1 * sn;
+                reg[i + EL / 2] = x0 * sn + x1 * cs_;
             }
         } else {
             // values 2k and 2k + 1 (lanes l and l ^ 1)
 #pragma unroll
             for (int i = 0; i < EL; ++i) {
-                float c, sn;
-                tq_cuda_rope_cs(rope, p, (i * W + lane) / 2, c, sn);
+                float cs_, sn;
+                tq_cuda_rope_cs(rope, p, (i * W + lane) / 2, cs_, sn);
                 const float other = __shfl_xor_sync(0xFFFFFFFF, reg[i], 1, W);
                 const bool  even  = (lane & 1) == 0;
                 const float x0    = even ? reg[i] : other;
                 const float x1    = even ? other : reg[i];
-                reg[i] = even ? x0 * c - x1 * sn : x0 * sn + x1 * c;
+                reg[i] = even ? x0 * cs_ - x1 * sn : x0 * sn + x1 * cs_;
             }
         }
     }
+    const float scale = c.scale;
 #pragma unroll
     for (int i = 0; i < EL; ++i) {
         const int j = i * W + lane;
@@ -160,6 +219,9 @@ static __global__ void tq_k_fused_write(const float * x, const int64_t xne1, con
     }
 #pragma unroll
     for (int h = W; h < N; h *= 2) {
+        if (h >= c.n_rot) {
+            break; // a segment of N / n_rot rotations
+        }
         const int step = h / W;
 #pragma unroll
         for (int j = 0; j < EL; j += 2 * step) {
@@ -173,30 +235,28 @@ static __global__ void tq_k_fused_write(const float * x, const int64_t xne1, con
         }
     }
 
-    if constexpr (std::is_void_v<block_t>) {
+    if (c.type == GGML_TYPE_F32) {
 #pragma unroll
         for (int i = 0; i < EL; ++i) {
-            out[e0 + i * W + lane] = reg[i];
+            c.out[e0 + i * W + lane] = reg[i];
         }
-    } else {
-        // to the half-warp coder's layout (lane l holds values l + 16 r of a block) through shared memory
-        __shared__ float buf[4][N];
-        float * s = buf[threadIdx.y];
+        return;
+    }
+    // to the half-warp coder's layout (lane l holds values l + 16 r of a block) through shared memory
+    __shared__ float buf[4][N];
+    float * s = buf[threadIdx.y];
 #pragma unroll
-        for (int i = 0; i < EL; ++i) {
-            s[i * W + lane] = reg[i];
-        }
-        __syncwarp();
-        // SET_ROWS: row e0 / dst_ne0 of the source goes to cache row idx[that row] (N divides dst_ne0)
-        const int64_t row = idx[(e0 / dst_ne0) * idx_s0];
-        block_t * y = (block_t *) (dst + row * dst_nb1) + (e0 % dst_ne0) / TQ_BLOCK;
-        constexpr int NB = N / TQ_BLOCK;
-#pragma unroll
-        for (int b = 0; b < NB; b += 2) {
-            const int  bb    = b + lane / 16;
-            const bool valid = bb < NB;
-            tq_cuda_quantize_block16<block_t>(s + (valid ? bb : b) * TQ_BLOCK, y + (valid ? bb : b), valid);
-        }
+    for (int i = 0; i < EL; ++i) {
+        s[i * W + lane] = reg[i];
+    }
+    __syncwarp();
+    switch (c.type) { // the same for the whole warp
+        case GGML_TYPE_TQ2:  tq_cuda_fused_code<N, block_tq2>(c, s, e0, lane);  break;
+        case GGML_TYPE_TQ3:  tq_cuda_fused_code<N, block_tq3>(c, s, e0, lane);  break;
+        case GGML_TYPE_TQ4:  tq_cuda_fused_code<N, block_tq4>(c, s, e0, lane);  break;
+        case GGML_TYPE_TQ2T: if constexpr (TCQ) { tq_cuda_fused_code<N, block_tq2t>(c, s, e0, lane); } break;
+        case GGML_TYPE_TQ3T: if constexpr (TCQ) { tq_cuda_fused_code<N, block_tq3t>(c, s, e0, lane); } break;
+        default: break; // the matcher takes no other type, the launch picks TCQ for these
     }
 }
 
@@ -369,50 +429,114 @@ static tq_cuda_rope tq_cuda_fuse_rope(const ggml_tensor * n) {
     return r;
 }
 
-template <int N, typename block_t, typename idx_t>
-static void tq_cuda_fused_launch(const tq_cuda_fusion & f, cudaStream_t stream) {
-    const ggml_tensor * x     = f.x;     // read in rows of N values: RoPE's source may be a view
-    const ggml_tensor * sh    = f.shape; // contiguous
-    const int64_t       n_seg = ggml_nelements(sh) / N;
-    const dim3          block(32, 4, 1);
-    const dim3          grid((unsigned) ((n_seg + 3) / 4), 1, 1);
-    const ggml_tensor * sr    = f.set_rows;
-    // x as rows of N: a RoPE source has rows of N (its head), a contiguous x is one row of N after another
-    const bool    rows = f.rope != nullptr;
-    const int64_t xne1 = rows ? x->ne[1] : ggml_nelements(x) / N;
-    const int64_t xne2 = rows ? x->ne[2] : 1;
-    const int64_t xs1  = rows ? (int64_t) (x->nb[1] / sizeof(float)) : N;
-    const int64_t xs2  = rows ? (int64_t) (x->nb[2] / sizeof(float)) : 0;
-    const int64_t xs3  = rows ? (int64_t) (x->nb[3] / sizeof(float)) : 0;
-    tq_k_fused_write<N, block_t, idx_t><<<grid, block, 0, stream>>>(
-        (const float *) x->data, xne1, xne2, xs1, xs2, xs3, tq_cuda_fuse_rope(f.rope),
-        tq_cuda_fuse_operand(f.sub), tq_cuda_fuse_operand(f.mul), tq_cuda_fuse_operand(f.div),
-        n_seg, sh->ne[0], sh->ne[1], sh->ne[2], 1.0f / sqrtf((float) N), sr ? nullptr : (float *) f.rot->data,
-        sr ? (const idx_t *) sr->src[1]->data : nullptr, sr ? (int64_t) (sr->src[1]->nb[0] / sizeof(idx_t)) : 0,
-        sr ? (char *) sr->data : nullptr, sr ? sr->ne[0] : 1, sr ? sr->nb[1] : 0);
-}
-
+// the kernel's arguments for a matched chain; block0: its first thread block in the launch
 template <int N>
-static void tq_cuda_fused_dispatch(const tq_cuda_fusion & f, cudaStream_t stream) {
-    if (!f.set_rows) {
-        tq_cuda_fused_launch<N, void, int32_t>(f, stream);
-        return;
+static tq_cuda_chain tq_cuda_chain_args(const tq_cuda_fusion & f, const unsigned block0) {
+    tq_cuda_chain c;
+    const ggml_tensor * x  = f.x;     // read in rows of N values: RoPE's source may be a view
+    const ggml_tensor * sh = f.shape; // contiguous
+    const ggml_tensor * sr = f.set_rows;
+    // x as rows of N: a RoPE source has rows of N (its head), a contiguous x is one row of N after another
+    const bool rows = f.rope != nullptr;
+    c.x      = (const float *) x->data;
+    c.xne1   = rows ? x->ne[1] : ggml_nelements(x) / N;
+    c.xne2   = rows ? x->ne[2] : 1;
+    c.xs1    = rows ? (int64_t) (x->nb[1] / sizeof(float)) : N;
+    c.xs2    = rows ? (int64_t) (x->nb[2] / sizeof(float)) : 0;
+    c.xs3    = rows ? (int64_t) (x->nb[3] / sizeof(float)) : 0;
+    c.rope   = tq_cuda_fuse_rope(f.rope);
+    c.sub    = tq_cuda_fuse_operand(f.sub);
+    c.mul    = tq_cuda_fuse_operand(f.mul);
+    c.div    = tq_cuda_fuse_operand(f.div);
+    c.n_seg  = ggml_nelements(sh) / N;
+    c.ne0    = sh->ne[0];
+    c.ne1    = sh->ne[1];
+    c.ne2    = sh->ne[2];
+    c.n_rot  = (int) f.rot->ne[0];
+    c.scale  = 1.0f / sqrtf((float) c.n_rot);
+    c.block0 = block0;
+    if (sr) {
+        c.idx     = sr->src[1]->data;
+        c.idx64   = sr->src[1]->type == GGML_TYPE_I64;
+        c.idx_s0  = (int64_t) (sr->src[1]->nb[0] / ggml_type_size(sr->src[1]->type));
+        c.dst     = (char *) sr->data;
+        c.dst_ne0 = sr->ne[0];
+        c.dst_nb1 = sr->nb[1];
+        c.type    = sr->type;
+    } else {
+        c.out  = (float *) f.rot->data;
+        c.type = GGML_TYPE_F32;
     }
-    const bool i64 = f.set_rows->src[1]->type == GGML_TYPE_I64;
-    switch (f.set_rows->type) {
-        case GGML_TYPE_TQ2: i64 ? tq_cuda_fused_launch<N, block_tq2, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq2, int32_t>(f, stream); break;
-        case GGML_TYPE_TQ3: i64 ? tq_cuda_fused_launch<N, block_tq3, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq3, int32_t>(f, stream); break;
-        case GGML_TYPE_TQ4: i64 ? tq_cuda_fused_launch<N, block_tq4, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq4, int32_t>(f, stream); break;
-        case GGML_TYPE_TQ2T: i64 ? tq_cuda_fused_launch<N, block_tq2t, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq2t, int32_t>(f, stream); break;
-        case GGML_TYPE_TQ3T: i64 ? tq_cuda_fused_launch<N, block_tq3t, int64_t>(f, stream) : tq_cuda_fused_launch<N, block_tq3t, int32_t>(f, stream); break;
-        default: GGML_ABORT("tq_cuda_fused_dispatch: %s", ggml_type_name(f.set_rows->type));
+    return c;
+}
+
+// one launch for n chains in segments of N values, 4 segments (warps) per thread block
+template <int N>
+static void tq_cuda_fused_launch(const tq_cuda_fusion * f, const int n, cudaStream_t stream) {
+    tq_cuda_chains cs;
+    unsigned n_blocks = 0;
+    bool     tcq      = false;
+    for (int k = 0; k < n; ++k) {
+        cs.c[k] = tq_cuda_chain_args<N>(f[k], n_blocks);
+        n_blocks += (unsigned) ((cs.c[k].n_seg + 3) / 4);
+        tcq = tcq || cs.c[k].type == GGML_TYPE_TQ2T || cs.c[k].type == GGML_TYPE_TQ3T;
+    }
+    cs.n = n;
+    if (tcq) {
+        tq_k_fused_write<N, true><<<n_blocks, dim3(32, 4, 1), 0, stream>>>(cs);
+    } else {
+        tq_k_fused_write<N, false><<<n_blocks, dim3(32, 4, 1), 0, stream>>>(cs);
     }
 }
 
-// The one call ggml_cuda_try_fuse makes: runs the chain that starts at node i as one kernel and
-// returns how many nodes after i it covered, or 0 (nothing run) where no chain matches or the
-// written memory overlaps what the chain reads. TQ_CUDA_FUSED_WRITE=0 switches it off,
-// TQ_CUDA_FUSED_ROPE=0 leaves RoPE out of it (A/B timing).
+// whether a chain runs in segments of N values: its rotation's size, or a multiple of it where the
+// chain is the rotation alone (V's rotation in blocks of 64 next to K's and Q's of a head of 128:
+// nothing in it depends on where a head starts)
+static bool tq_cuda_fuse_fits(const tq_cuda_fusion & f, const int64_t N) {
+    const int64_t n_rot = f.rot->ne[0];
+    if (n_rot == N) {
+        return true;
+    }
+    return n_rot < N && !f.rope && !f.sub && !f.mul && !f.div && ggml_nelements(f.shape) % N == 0 &&
+           (!f.set_rows || f.set_rows->ne[0] % N == 0);
+}
+
+// the bytes a chain writes: the query's rotated values, or the cache rows (any row of the view may be written)
+static void tq_cuda_fuse_written(const tq_cuda_fusion & f, const void ** w, size_t * w_size) {
+    *w      = f.set_rows ? f.set_rows->data : f.rot->data;
+    *w_size = f.set_rows ? ggml_nbytes(f.set_rows) : ggml_nbytes(f.rot);
+}
+
+// whether chain a may run in the same launch as chain b (a == b: on its own): nothing a reads is
+// written by b. The query's output may be the query itself, element for element (the allocator gives
+// the freed input to the output of the same size): each warp reads its whole segment before it writes it.
+static bool tq_cuda_fuse_reads_ok(const tq_cuda_fusion & a, const tq_cuda_fusion & b) {
+    const void * w;
+    size_t       w_size;
+    tq_cuda_fuse_written(b, &w, &w_size);
+    const ggml_tensor * read[] = { a.x, a.sub, a.mul, a.div, a.set_rows ? a.set_rows->src[1] : nullptr,
+                                   a.rope ? a.rope->src[1] : nullptr, a.rope ? a.rope->src[2] : nullptr };
+    for (const ggml_tensor * t : read) {
+        const bool in_place = &a == &b && t == a.x && !a.set_rows && ggml_is_contiguous(t) && t->data == w &&
+                              ggml_nbytes(t) == w_size;
+        if (t && !in_place && tq_cuda_fuse_overlap(t, w, w_size)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool tq_cuda_fuse_skippable(const ggml_tensor * t) {
+    return ggml_is_empty(t) || t->op == GGML_OP_NONE || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_VIEW ||
+           t->op == GGML_OP_PERMUTE || t->op == GGML_OP_TRANSPOSE;
+}
+
+// The one call ggml_cuda_try_fuse makes: runs the chain that starts at node i as one kernel, with the
+// chains that follow it (only views between: a layer's Q, K and V chains as llama orders them) in the
+// same launch, and returns how many nodes after i it covered, or 0 (nothing run) where no chain
+// matches or the written memory overlaps what the chain reads. TQ_CUDA_FUSED_WRITE=0 switches it
+// off, TQ_CUDA_FUSED_ROPE=0 leaves RoPE out of it, TQ_CUDA_FUSED_MERGE=0 launches each chain on its
+// own (A/B timing).
 static int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * g, const int i) {
     static const auto env_on = [](const char * name) {
         const char * e = getenv(name);
@@ -420,35 +544,54 @@ static int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph *
     };
     static const bool enabled   = env_on("TQ_CUDA_FUSED_WRITE");
     static const bool with_rope = env_on("TQ_CUDA_FUSED_ROPE");
-    const ggml_tensor * n = g->nodes[i];
-    if (!enabled || (n->op != GGML_OP_SUB && n->op != GGML_OP_MUL && n->op != GGML_OP_DIV && n->op != GGML_OP_MUL_MAT &&
-                     n->op != GGML_OP_ROPE)) {
+    // GGML_CUDA_GRAPH_OPT=1 may put the three chains on streams of their own
+    static const bool merge     = env_on("TQ_CUDA_FUSED_MERGE") && !(getenv("GGML_CUDA_GRAPH_OPT") && atoi(getenv("GGML_CUDA_GRAPH_OPT")) == 1);
+    const auto starts = [](const ggml_tensor * n) {
+        return n->op == GGML_OP_SUB || n->op == GGML_OP_MUL || n->op == GGML_OP_DIV || n->op == GGML_OP_MUL_MAT ||
+               n->op == GGML_OP_ROPE;
+    };
+    if (!enabled || !starts(g->nodes[i])) {
         return 0;
     }
-    const tq_cuda_fusion f = tq_cuda_match_fusion(g, i, with_rope);
-    if (f.n_nodes == 0) {
+    tq_cuda_fusion f[TQ_CUDA_MAX_CHAINS];
+    f[0] = tq_cuda_match_fusion(g, i, with_rope);
+    if (f[0].n_nodes == 0 || !tq_cuda_fuse_reads_ok(f[0], f[0])) {
         return 0;
     }
-    // the written bytes: the query's rotated values, or the cache rows (any row of the view may be written).
-    // The query's output may be the query itself, element for element (the allocator gives the freed
-    // input to the output of the same size): each warp reads its whole segment before it writes it.
-    const void * w      = f.set_rows ? f.set_rows->data : f.rot->data;
-    const size_t w_size = f.set_rows ? ggml_nbytes(f.set_rows) : ggml_nbytes(f.rot);
-    const ggml_tensor * read[] = { f.x, f.sub, f.mul, f.div, f.set_rows ? f.set_rows->src[1] : nullptr,
-                                   f.rope ? f.rope->src[1] : nullptr, f.rope ? f.rope->src[2] : nullptr };
-    for (const ggml_tensor * t : read) {
-        const bool in_place = t == f.x && !f.set_rows && ggml_is_contiguous(t) && t->data == w && ggml_nbytes(t) == w_size;
-        if (t && !in_place && tq_cuda_fuse_overlap(t, w, w_size)) {
-            return 0;
+    int64_t N    = f[0].rot->ne[0]; // the segment: the largest rotation of the chains
+    int     n    = 1;
+    int     last = i + f[0].n_nodes - 1; // the last node covered
+    while (merge && n < TQ_CUDA_MAX_CHAINS) {
+        int j = last + 1;
+        while (j < g->n_nodes && tq_cuda_fuse_skippable(g->nodes[j])) {
+            ++j;
         }
+        if (j >= g->n_nodes || !starts(g->nodes[j])) {
+            break;
+        }
+        f[n] = tq_cuda_match_fusion(g, j, with_rope);
+        if (f[n].n_nodes == 0) {
+            break;
+        }
+        const int64_t N_n = std::max(N, f[n].rot->ne[0]);
+        bool ok = true;
+        for (int k = 0; k <= n && ok; ++k) {
+            ok = tq_cuda_fuse_fits(f[k], N_n) && tq_cuda_fuse_reads_ok(f[n], f[k]) && (k == n || tq_cuda_fuse_reads_ok(f[k], f[n]));
+        }
+        if (!ok) {
+            break;
+        }
+        N    = N_n;
+        last = j + f[n].n_nodes - 1;
+        ++n;
     }
-    switch (f.rot->ne[0]) {
-        case 64:  tq_cuda_fused_dispatch<64>(f, ctx.stream());  break;
-        case 128: tq_cuda_fused_dispatch<128>(f, ctx.stream()); break;
-        case 256: tq_cuda_fused_dispatch<256>(f, ctx.stream()); break;
-        case 512: tq_cuda_fused_dispatch<512>(f, ctx.stream()); break;
+    switch (N) {
+        case 64:  tq_cuda_fused_launch<64>(f, n, ctx.stream());  break;
+        case 128: tq_cuda_fused_launch<128>(f, n, ctx.stream()); break;
+        case 256: tq_cuda_fused_launch<256>(f, n, ctx.stream()); break;
+        case 512: tq_cuda_fused_launch<512>(f, n, ctx.stream()); break;
         default: return 0;
     }
     CUDA_CHECK(cudaGetLastError());
-    return f.n_nodes - 1;
+    return last - i;
 }

@@ -879,9 +879,38 @@ ggml_type tq_kv_center::layer_type(int32_t il, bool is_k) const {
     return it == m.end() ? (is_k ? type_k : type_v) : it->second;
 }
 
+// the projection a chain starts from: below RoPE, views, and a norm with its weight (which
+// ggml-cuda fuses with the RoPE that follows, so they stay with the chain)
+static ggml_tensor * tq_chain_projection(ggml_tensor * t) {
+    for (;;) {
+        const ggml_op op = t->op;
+        if (op == GGML_OP_ROPE || op == GGML_OP_RESHAPE || op == GGML_OP_VIEW || op == GGML_OP_PERMUTE ||
+            op == GGML_OP_TRANSPOSE || op == GGML_OP_RMS_NORM || op == GGML_OP_NORM ||
+            (op == GGML_OP_MUL && (t->src[0]->op == GGML_OP_RMS_NORM || t->src[0]->op == GGML_OP_NORM))) {
+            t = t->src[0];
+        } else {
+            return t;
+        }
+    }
+}
+
 ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * cur, int32_t il, bool is_k, bool init,
                                   ggml_tensor * rot, ggml_tensor ** mean_out, ggml_tensor ** q, int64_t n_seq_tokens,
                                   ggml_tensor * rope_cells, ggml_tensor * rope_tokens, tq_key_bias * kbias) const {
+    // the projections of Q, K and V into the graph before any of their chains (K's call, which comes
+    // first, places Q's and K's, V's call V's), so that the chains llama adds next (RoPE, centring,
+    // rotation, the cache write) follow one another: ggml-cuda runs a layer's three in one launch
+    // (native/cuda/tq-fused-write.cuh), where projections between them would keep them apart. Only
+    // for short ubatches (decode), where launches are what the chains cost: the three projections
+    // then live at once, which at a long ubatch would grow the compute buffer that it sizes.
+    const ggml_tensor * tok = cur ? cur : q ? *q : nullptr;
+    if (gf && tok && tok->ne[2] <= 64 && (ggml_type_is_tq(layer_type(il, true)) || ggml_type_is_tq(layer_type(il, false)))) {
+        for (ggml_tensor * t : { is_k && q ? *q : nullptr, cur }) {
+            if (t) {
+                ggml_build_forward_expand(gf, tq_chain_projection(t));
+            }
+        }
+    }
     const auto it = by_il.find(il);
     const layer * l = it == by_il.end() ? nullptr : &layers[it->second];
     ggml_tensor * ctr = l ? (is_k ? l->mean_k : l->mean_v) : nullptr;
