@@ -33,3 +33,12 @@ def test_key_bias_cases():
     codec's loop against the reference mode's one-chunk loop, every tq type, streams and GQA."""
     r = backend_ops_test("CPU", "FLASH_ATTN_EXT", "key_bias=1")
     assert r.passed == r.total >= 28 and not r.not_supported, r.output[-3000:]
+
+
+def test_key_offset_cases():
+    """The same term as an offset of the keys (ggml_flash_attn_ext_add_key_offset, a prompt's ubatch
+    with keys centred before RoPE): the tiled path adds it to the keys it decodes, the split-KV
+    decode and the codec's loop score q's own rows against it; every tq type against the reference
+    mode's one-chunk loop."""
+    r = backend_ops_test("CPU", "FLASH_ATTN_EXT", "key_offset=1")
+    assert r.passed == r.total >= 36 and not r.not_supported, r.output[-3000:]

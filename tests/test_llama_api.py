@@ -332,6 +332,45 @@ def test_keys_centred_before_rope(tq, smollm2):
                  kv_center="k", kv_options={"rope": "pre"})
 
 
+def _kl(p_logits, q_logits):
+    """mean KL(p || q) of the next-token distributions, row by row"""
+    lp = p_logits - p_logits.max(1, keepdims=True)
+    lq = q_logits - q_logits.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), 1)))
+
+
+def test_key_offset_gives_the_terms_scores(tq, smollm2):
+    """Keys centred before RoPE: a ubatch of 64 tokens and more has attention add each key's offset
+    H(s R(p) mu0) to the keys it decodes (key_offset=1, the default), in place of the per-key term
+    q.R(p) mu0 on the scores (key_offset=0, what shorter ubatches use). The scores are the same to
+    float rounding (layer 0's attention output agrees to 6e-7; tests/test_ggml_ops.py has the op
+    against its reference), but a rounding difference that moves one code of a later layer's cache
+    moves every layer after it, so over a prompt the two differ as two tq caches do: each as close
+    to f16 as the other, both closer than keys centred after RoPE."""
+    text = _TEXT + b" " + _TEXT
+
+    def logits(type, **opts):
+        llm = tq.Llama(smollm2, type_k=type, type_v=type, n_ctx=256, logits_all=True, verbose=False, kv_options=opts)
+        toks = llm.tokenize(text)
+        assert len(toks) >= 64
+        llm.eval(toks)
+        out = np.array(llm.scores[:llm.n_tokens])
+        llm.close()
+        return out
+
+    f16 = logits("f16")
+    kl = {k: _kl(f16, logits("tq3", **o)) for k, o in
+          (("offset", {}), ("term", {"key_offset": 0}), ("post", {"rope": "post"}))}
+    # two realizations of the cache's noise over 128 positions: 0.039 and 0.052-0.064 measured; an
+    # offset without its rotation measures 3.7
+    assert kl["offset"] < 2.0 * kl["term"] and kl["term"] < 2.0 * kl["offset"], kl
+    assert max(kl["offset"], kl["term"]) < kl["post"], kl
+    with pytest.raises(ValueError, match="key_offset must be 1 or 0, not 'sometimes'"):
+        tq.Llama(smollm2, type_k="tq3", kv_options={"key_offset": "sometimes"})
+
+
 def test_per_layer_types(tq, smollm2):
     """The KV option `layers` gives single layers another tq type: a tq3 cache whose 30 layers all
     hold K in tq4 is a tq4/tq3 cache, logit for logit; a mix runs and differs from both."""

@@ -108,6 +108,9 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
     if (key == "sink") {
         return tq_parse_bool(key, value, o.sink);
     }
+    if (key == "key_offset") {
+        return tq_parse_bool(key, value, o.key_offset);
+    }
     if (key == "rope") {
         if (value == "auto") { o.rope = tq_rope_mode::automatic; return ""; }
         if (value == "pre")  { o.rope = tq_rope_mode::pre;       return ""; }
@@ -142,7 +145,7 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
     if (key == "layers") {
         return tq_parse_layers(value, o);
     }
-    return "unknown KV-cache option '" + key + "' (center, equalize, sink, rope, stats, calib_dir, calib_text, calib_tokens, layers)";
+    return "unknown KV-cache option '" + key + "' (center, equalize, sink, rope, key_offset, stats, calib_dir, calib_text, calib_tokens, layers)";
 }
 
 std::string tq_kv_options_parse(const char * text, tq_kv_options & opts) {
@@ -175,6 +178,7 @@ static tq_kv_options tq_kv_options_from_env() {
         { "LLAMA_KV_EQUALIZE",  "equalize"  },
         { "LLAMA_KV_SINK",      "sink"      },
         { "LLAMA_KV_ROPE",      "rope"      },
+        { "LLAMA_KV_KEY_OFFSET", "key_offset" },
         { "LLAMA_KV_STATS",     "stats"     },
         { "LLAMA_KV_CALIB_DIR", "calib_dir" },
         { "LLAMA_KV_CALIB_TEXT", "calib_text" },
@@ -457,6 +461,30 @@ static void tq_pairs_query_term(ggml_tensor * dst, const ggml_tensor * q, const 
     }
 }
 
+// dst [n, n_kv, h_kv, n_stream] = sc * R(p) m0 of every cell and KV head (src: the cells' table
+// [n, n_kv * n_stream], whose row holds cos at x and sin at y of each pair, m0 [n, h_kv] and
+// optionally sc [n, h_kv]): the offset that the stored key of that cell took off, before rotation
+template <bool neox>
+static void tq_pairs_key_offset(ggml_tensor * dst, int ith, int nth, void *) {
+    const ggml_tensor * tab = dst->src[0], * m = dst->src[1], * sc = dst->src[2];
+    const int64_t n = dst->ne[0], n_kv = dst->ne[1], h = dst->ne[2], half = n/2;
+    int64_t r0, r1;
+    tq_thread_rows(n_kv*h*dst->ne[3], ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t j = r % n_kv, ih = (r / n_kv) % h, is = r / (n_kv*h);
+        const float * row = (const float *) ((const char *) tab->data + (is*n_kv + j)*tab->nb[1]);
+        const float * mr  = (const float *) ((const char *) m->data + ih*m->nb[1]);
+        const float * v   = sc ? (const float *) ((const char *) sc->data + ih*sc->nb[1]) : nullptr;
+        float * out = (float *) ((char *) dst->data + j*dst->nb[1] + ih*dst->nb[2] + is*dst->nb[3]);
+        for (int64_t i = 0; i < half; ++i) {
+            const int64_t x = neox ? i : 2*i, y = neox ? i + half : 2*i + 1;
+            const float c = row[x], sn = row[y];
+            out[x] = (mr[x]*c + (-mr[y])*sn) * (v ? v[x] : 1.0f);
+            out[y] = (mr[y]*c + mr[x]*sn) * (v ? v[y] : 1.0f);
+        }
+    }
+}
+
 // The values of a head as RoPE pairs (x, y): x = 2j, y = 2j+1 (plain) or x = j, y = j + n/2 (NeoX).
 // With the tables' c = cos(p theta_j) and s = sin(p theta_j) on both values of a pair (Cc, Ss),
 // R(p) m = m Cc + J(m) Ss and R(p)^T k = k Cc - J(k) Ss, where J(x, y) = (-y, x).
@@ -537,12 +565,37 @@ ggml_tensor * tq_center_token_mean(ggml_context * ctx, ggml_tensor * x, int64_t 
 
 } // namespace
 
+// A ubatch of this many tokens per stream and more takes the keys' offset form of the term: as
+// many query rows as the CPU's tiled flash attention takes at a time (GGML_FA_TILE_Q), from which
+// on adding the offset to each decoded key costs less than the term's product per row and key
+static constexpr int64_t TQ_KEY_OFFSET_MIN_TOKENS = 64;
+// and at most this many bytes of offsets (n_embd_head x KV heads x cells of the whole cache, F32;
+// twice that at once, before and after the rotation): the compute buffer holds them for a
+// ubatch, so a longer cache keeps the term
+static constexpr size_t TQ_KEY_OFFSET_MAX_BYTES = 32u << 20;
+
 void tq_center_add_key_bias(ggml_context * ctx, ggml_tensor * fa, const tq_key_bias & kb) {
     if (!kb.kb) {
         return;
     }
     const ggml_tensor * q = fa->src[0]; // [n, n_tokens per stream, n_head, n_stream]
     const ggml_tensor * k = fa->src[1]; // [n, n_kv, n_head_kv, n_stream]
+    // the cells of the whole cache, which the graph that sizes the compute buffer attends to: the
+    // same choice for it and for every ubatch of that length
+    const ggml_tensor * kc = k->view_src ? k->view_src : k;
+    const size_t offset_bytes = sizeof(float) * (size_t) (k->ne[0] * k->ne[2]) * (size_t) (ggml_nelements(kc) / kc->ne[0]);
+    if (kb.mean0 && q->ne[1] >= TQ_KEY_OFFSET_MIN_TOKENS && offset_bytes <= TQ_KEY_OFFSET_MAX_BYTES) {
+        GGML_ASSERT(kb.kb->ne[0] == k->ne[0] && kb.kb->ne[1] == k->ne[1]*k->ne[3]);
+        GGML_ASSERT(kb.mean0->ne[0] == k->ne[0] && kb.mean0->ne[1] == k->ne[2]);
+        ggml_tensor * args[3] = { kb.kb, kb.mean0, kb.scale };
+        ggml_tensor * ko = ggml_custom_4d(ctx, GGML_TYPE_F32, k->ne[0], k->ne[1], k->ne[2], k->ne[3], args, kb.scale ? 3 : 2,
+                                          kb.neox ? tq_pairs_key_offset<true> : tq_pairs_key_offset<false>, GGML_N_TASKS_MAX, nullptr);
+        if (kb.rot) {
+            ko = llama_mul_mat_hadamard(ctx, ko, kb.rot);
+        }
+        ggml_flash_attn_ext_add_key_offset(fa, ko);
+        return;
+    }
     ggml_tensor * qb = kb.qb; // [n, n_head, n_tokens], tokens stream by stream
     qb = ggml_view_4d(ctx, qb, q->ne[0], q->ne[2], q->ne[1], q->ne[3], qb->nb[1], qb->nb[2], qb->nb[2]*q->ne[1], 0);
     qb = ggml_permute(ctx, qb, 0, 2, 1, 3);
@@ -774,6 +827,7 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     }
     equalize_k = center_k && o.equalize;
     sink_code  = o.sink;
+    key_offset = o.key_offset;
     // keys centred before RoPE: flash attention adds their term back (tq K caches; CPU only: the
     // CUDA kernels do not add it yet), and one table of RoPE frequencies serves every layer
     rope_pre = false;
@@ -952,6 +1006,9 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
             ggml_tensor * qc = ggml_is_contiguous(*q) ? *q : ggml_cont(ctx, *q);
             kbias->qb = ggml_reshape_3d(ctx, po.query_term(qc, mean0), n_embd_head, (*q)->ne[1], ggml_nelements(qc)/(n_embd_head*(*q)->ne[1]));
             kbias->kb = rope_cells;
+            kbias->mean0 = key_offset ? mean0 : nullptr;
+            kbias->rot   = rot;
+            kbias->neox  = rope_neox;
         }
     }
     if (init) {
@@ -981,6 +1038,9 @@ ggml_tensor * tq_kv_center::build(ggml_context * ctx, ggml_cgraph * gf, ggml_ten
     }
     if (mean_out) {
         *mean_out = mean;
+    }
+    if (kbias && kbias->kb) {
+        kbias->scale = scale; // this ubatch's factors (the first ubatch's own), by which its keys were scaled
     }
     ggml_tensor * res = !cur || fused ? cur : ggml_sub(ctx, cur, ggml_reshape_3d(ctx, mean, n_embd_head, n_head_kv, 1));
     if (scale) {

@@ -43,6 +43,7 @@ struct tq_kv_options {
     bool            equalize = true;
     bool            sink     = true;
     tq_rope_mode    rope     = tq_rope_mode::automatic;
+    bool            key_offset = true; // rope pre: a prompt's term as an offset of the keys (tq_key_bias)
     tq_stats_source stats    = tq_stats_source::calibration;
     std::string     calib_dir;      // "" = the default folder, "off" = calibrate every time
     std::string     calib_text;     // "" = the built-in text (tq-calib-text.h), else a UTF-8 file
@@ -100,9 +101,20 @@ ggml_tensor * tq_center_sink_mean(ggml_context * ctx, ggml_tensor * x, ggml_tens
 // kb the cells' RoPE table. R is the table's: the cache's own cos/sin per pair (the model's base
 // and scale), so that what is subtracted and what is added back agree exactly whatever the model's
 // RoPE does beyond that (a difference only leaves more offset in the stored keys).
+// A prompt's ubatch (TQ_KEY_OFFSET_MIN_TOKENS and more tokens per stream) gets the same term as
+// an offset of the stored keys instead (ggml_flash_attn_ext_add_key_offset): each cell's
+// H(s * R(p) mu0) (H the cache's rotation, s the channel factors: what the stored key had taken
+// off), which a tiled attention adds to each key it decodes, once per key, where the term costs a
+// product per query row and key as large as q.k's own.
 struct tq_key_bias {
     ggml_tensor * qb = nullptr;
     ggml_tensor * kb = nullptr;
+    // for the offset form: mu0 [n_embd_head, n_head_kv], the channel factors (nullptr: none) and
+    // the cache's rotation (nullptr: none) of this ubatch's keys
+    ggml_tensor * mean0 = nullptr;
+    ggml_tensor * scale = nullptr;
+    ggml_tensor * rot   = nullptr;
+    bool          neox  = false;
 };
 // the score term on a flash-attention node (kb.kb == nullptr: none)
 void tq_center_add_key_bias(ggml_context * ctx, ggml_tensor * fa, const tq_key_bias & kb);
@@ -173,6 +185,7 @@ public:
     void restore();
 
     bool  center_k = false, center_v = false, equalize_k = false, sink_code = false;
+    bool  key_offset = true; // the options' key_offset (tq_key_bias)
     bool  rope_pre = false;   // keys centred before RoPE
     tq_stats_source source = tq_stats_source::calibration;
     bool  fixed = false;      // the statistics are set and stay (calibration, a loaded state)

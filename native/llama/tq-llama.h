@@ -16,6 +16,9 @@ extern "C" {
 //   rope     auto | pre | post     keys centred before RoPE (k - R(p) mu0 stored, q.R(p) mu0 added
 //                                  back in attention) or after it; auto: before, where flash
 //                                  attention runs on the CPU (a tq K cache in host memory)
+//   key_offset 1 | 0               with keys centred before RoPE, a prompt's ubatch adds each
+//                                  key's offset to the keys it decodes (1) or the per-key term
+//                                  to its scores (0): the same scores, 0 is slower (A/B timing)
 //   stats    calib | first         statistics from the model's calibration run (made once per model
 //                                  and cache size, kept in calib_dir) or from each empty cache's
 //                                  first ubatch
@@ -26,7 +29,7 @@ extern "C" {
 //   layers   k0-3+7:tq4;v20-29:tq2 other tq types for single layers' K or V of a tq cache
 //                                  (ranges joined by '+', specs by ';')
 // They apply on top of the environment variables (LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE, LLAMA_KV_SINK,
-// LLAMA_KV_ROPE, LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, LLAMA_KV_CALIB_TEXT, LLAMA_KV_CALIB_TOKENS,
+// LLAMA_KV_ROPE, LLAMA_KV_KEY_OFFSET, LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, LLAMA_KV_CALIB_TEXT, LLAMA_KV_CALIB_TOKENS,
 // LLAMA_KV_LAYERS, the same words), which is all the llama.cpp tools read; keys given in neither
 // keep their defaults. NULL clears the thread's options. Returns NULL, or what is wrong with
 // `options` (then nothing changes).
