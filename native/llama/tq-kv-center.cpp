@@ -404,6 +404,13 @@ static void tq_thread_rows(int64_t rows, int ith, int nth, int64_t * r0, int64_t
     *r1 = rows*(ith + 1)/nth;
 }
 
+// R(p) m of one RoPE pair (mx, my) with c, s = cos, sin of p theta, in the order of the element-wise
+// graph that the custom ops below replace
+static inline void tq_turn_pair(float mx, float my, float c, float s, float * ox, float * oy) {
+    *ox = mx*c + (-my)*s;
+    *oy = my*c + mx*s;
+}
+
 // dst = (k - R(p) m0 - mu) * sc (pair_ops::sub_turned; src: k, m0, the tokens' table, and optionally
 // mu and sc): pair (x, y) of token t with c, s = cos, sin of p theta from the table's planes takes
 // x - (m0x c - m0y s) and y - (m0y c + m0x s), in the order of the element-wise graph it replaces
@@ -423,9 +430,10 @@ static void tq_pairs_sub_turned(ggml_tensor * dst, int ith, int nth, void *) {
         float * out = (float *) ((char *) dst->data + ih*dst->nb[1] + it*dst->nb[2]);
         for (int64_t j = 0; j < half; ++j) {
             const int64_t x = neox ? j : 2*j, y = neox ? j + half : 2*j + 1;
-            const float c = cs[x], s = sn[x];
-            out[x] = kr[x] - (mr[x]*c + (-mr[y])*s);
-            out[y] = kr[y] - (mr[y]*c + mr[x]*s);
+            float tx, ty;
+            tq_turn_pair(mr[x], mr[y], cs[x], sn[x], &tx, &ty);
+            out[x] = kr[x] - tx;
+            out[y] = kr[y] - ty;
         }
         if (mu) {
             const float * u = (const float *) ((const char *) mu->data + ih*mu->nb[1]);
@@ -478,9 +486,10 @@ static void tq_pairs_key_offset(ggml_tensor * dst, int ith, int nth, void *) {
         float * out = (float *) ((char *) dst->data + j*dst->nb[1] + ih*dst->nb[2] + is*dst->nb[3]);
         for (int64_t i = 0; i < half; ++i) {
             const int64_t x = neox ? i : 2*i, y = neox ? i + half : 2*i + 1;
-            const float c = row[x], sn = row[y];
-            out[x] = (mr[x]*c + (-mr[y])*sn) * (v ? v[x] : 1.0f);
-            out[y] = (mr[y]*c + mr[x]*sn) * (v ? v[y] : 1.0f);
+            float tx, ty;
+            tq_turn_pair(mr[x], mr[y], row[x], row[y], &tx, &ty);
+            out[x] = tx * (v ? v[x] : 1.0f);
+            out[y] = ty * (v ? v[y] : 1.0f);
         }
     }
 }
