@@ -14,6 +14,7 @@ from tq_llamacpp import native
 from tq_llamacpp._libs import lib_dir
 from tq_llamacpp.cache_types import CACHE_TYPES, cache_type, parse_pair
 from tq_llamacpp.errors import LlamaError
+from tq_llamacpp.divergence import log_probs, mean_kl
 
 pytestmark = pytest.mark.model
 
@@ -332,15 +333,6 @@ def test_keys_centred_before_rope(tq, smollm2):
                  kv_center="k", kv_options={"rope": "pre"})
 
 
-def _kl(p_logits, q_logits):
-    """mean KL(p || q) of the next-token distributions, row by row"""
-    lp = p_logits - p_logits.max(1, keepdims=True)
-    lq = q_logits - q_logits.max(1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), 1)))
-
-
 def test_key_offset_gives_the_terms_scores(tq, smollm2):
     """Keys centred before RoPE: a ubatch of 64 tokens and more has attention add each key's offset
     H(s R(p) mu0) to the keys it decodes (key_offset=1, the default), in place of the per-key term
@@ -351,17 +343,16 @@ def test_key_offset_gives_the_terms_scores(tq, smollm2):
     to f16 as the other, both closer than keys centred after RoPE."""
     text = _TEXT + b" " + _TEXT
 
-    def logits(type, **opts):
+    def lp(type, **opts):
         llm = tq.Llama(smollm2, type_k=type, type_v=type, n_ctx=256, logits_all=True, verbose=False, kv_options=opts)
         toks = llm.tokenize(text)
         assert len(toks) >= 64
-        llm.eval(toks)
-        out = np.array(llm.scores[:llm.n_tokens])
+        out = log_probs(llm, toks)
         llm.close()
         return out
 
-    f16 = logits("f16")
-    kl = {k: _kl(f16, logits("tq3", **o)) for k, o in
+    f16 = lp("f16")
+    kl = {k: mean_kl(f16, lp("tq3", **o))[0] for k, o in
           (("offset", {}), ("term", {"key_offset": 0}), ("post", {"rope": "post"}))}
     # two realizations of the cache's noise over 128 positions: 0.039 and 0.052-0.064 measured; an
     # offset without its rotation measures 3.7
