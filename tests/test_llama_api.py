@@ -387,6 +387,61 @@ def test_per_layer_types(tq, smollm2):
             tq.Llama(smollm2, type_k="tq3", kv_options={"layers": bad})
 
 
+def test_bits_chooses_the_layers(tq):
+    """The KV option `bits`: K of layers 0, 1, ... one type up, then V, while the average bits per
+    value (what a token adds to the cache, every scale counted) stay within it."""
+    from tq_llamacpp.llama import layer_types
+
+    def moved(n_layer, bits, k, v, kv=192, **kw):
+        lk, lv = layer_types(n_layer, {"bits": bits, **kw}, k, v, [kv] * n_layer, [kv] * n_layer)
+        return ([i for i, t in enumerate(lk) if t], {t.name for t in lk if t},
+                [i for i, t in enumerate(lv) if t], {t.name for t in lv if t})
+
+    # tq2ts 2.125 bits, tq3ts 3.125: 2.5 bits leave 0.375 x 60 tensors = 22 keys for SmolLM2's 30 layers,
+    # 13 for Gemma-3's 18, 18 for Qwen2.5's 24
+    assert moved(30, 2.5, "tq2ts", "tq2ts") == (list(range(22)), {"tq3ts"}, [], set())
+    assert moved(18, 2.5, "tq2ts", "tq2ts", kv=256) == (list(range(13)), {"tq3ts"}, [], set())
+    assert moved(24, "2.5", "tq2ts", "tq2ts", kv=128) == (list(range(18)), {"tq3ts"}, [], set())
+    # every key up (2.625), then values: 0.375 x 60 = 22
+    assert moved(30, 3, "tq2ts", "tq2ts") == (list(range(30)), {"tq3ts"}, list(range(22)), {"tq3ts"})
+    assert moved(30, 3.5, "tq3", "tq3") == (list(range(15)), {"tq4"}, [], set())
+    assert moved(30, 2.875, "tq2t", "tq2") == (list(range(30)), {"tq3t"}, list(range(7)), {"tq3"})
+    assert moved(30, 2.125, "tq2ts", "tq2ts") == ([], set(), [], set())
+    # a layer without a cache takes no bits and no type
+    lk, _ = layer_types(4, {"bits": 2.6}, "tq2", "tq2", [64, 0, 64, 64], [64, 0, 64, 64])
+    assert [t.name if t else None for t in lk] == ["tq3", None, "tq3", None]
+    with pytest.raises(ValueError, match=r"bits=2 is below the cache's own 2.125 bits per value \(tq2ts/tq2ts\)"):
+        moved(30, 2, "tq2ts", "tq2ts")
+    with pytest.raises(ValueError, match="bits=2.5 needs a K cache of tq2, tq2t, tq2ts, tq3 or tq3t .*not tq4"):
+        moved(30, 2.5, "tq4", "tq2")
+    with pytest.raises(ValueError, match="options bits and layers both set"):
+        moved(30, 2.5, "tq2", "tq2", layers="k0:tq3")
+    for bad in ("2.5x", "0.5", "17", "nan", "-3"):
+        with pytest.raises(ValueError, match=f"bits must be a number of bits per value from 1 to 16, .*not '{bad}'"):
+            moved(30, bad, "tq2", "tq2")
+
+
+def test_bits_is_the_layers_it_names(tq, smollm2, capfd):
+    """A context with bits=2.5 runs the cache that `layers` spells out, logit for logit, says which
+    in its log, and kv_bytes counts it alike."""
+    def logits(**opts):
+        llm = tq.Llama(smollm2, type_k="tq2ts", type_v="tq2ts", n_ctx=256, logits_all=True, verbose=True,
+                       kv_options=opts)
+        llm.eval(llm.tokenize(_TEXT))
+        out = np.array(llm.scores[llm.n_tokens - 1])
+        llm.close()
+        return out
+
+    by_bits = logits(bits=2.5)
+    assert "KV-cache option bits=2.5: K of layers 0-21 in tq3ts" in capfd.readouterr().err
+    np.testing.assert_array_equal(by_bits, logits(layers="k0-21:tq3ts"))
+    assert not np.array_equal(by_bits, logits())
+    assert tq.kv_bytes(smollm2, "tq2ts", n_ctx=4096, kv_options={"bits": 2.5}) == \
+        tq.kv_bytes(smollm2, "tq2ts", n_ctx=4096, kv_options={"layers": "k0-21:tq3ts"})
+    with pytest.raises(LlamaError, match="bits=2.5 needs a K cache of tq2, tq2t, tq2ts, tq3 or tq3t .*not q8_0"):
+        tq.Llama(smollm2, type_k="q8_0", type_v="tq3", n_ctx=128, verbose=False, kv_options={"bits": 2.5})
+
+
 def test_a_model_llama_cpp_cannot_load_says_why(tq, tmp_path):
     m = tmp_path / "weights-missing.gguf"
     _tiny_gguf(m)

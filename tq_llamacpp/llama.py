@@ -6,7 +6,7 @@ import ctypes
 import operator
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from ._libs import import_llama_cpp
 from .cache_types import CACHE_TYPES, CacheType, cache_type, parse_pair
@@ -32,7 +32,9 @@ def _c_function(name: str, restype, *argtypes):
 _kv_options = _c_function("llama_tq_kv_options", ctypes.c_char_p, ctypes.c_char_p)
 _kv_options_check = _c_function("llama_tq_kv_options_check", ctypes.c_char_p, ctypes.c_char_p)
 _kv_layer_types = _c_function("llama_tq_kv_layer_types", ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32,
-                              ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32))
+                              ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64),
+                              ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32),
+                              ctypes.POINTER(ctypes.c_int32))
 
 
 def kv_options_string(kv_center: Union[None, bool, str] = None, kv_options: Union[None, str, dict] = None) -> str:
@@ -260,12 +262,23 @@ def _positive(value: Any, what: str) -> int:
     return n
 
 
-def layer_types(n_layer: int, kv_options: Union[None, str, dict] = None) -> tuple[list, list]:
-    """Per layer, the CacheType that the KV option `layers` gives its K and V (None: the cache's)."""
+def layer_types(n_layer: int, kv_options: Union[None, str, dict] = None, type_k: TypeArg = None,
+                type_v: TypeArg = None, k_vals: Optional[Sequence[int]] = None,
+                v_vals: Optional[Sequence[int]] = None) -> tuple[list, list]:
+    """Per layer, the CacheType that the KV option `layers` gives its K and V (None: the cache's).
+    The option `bits` chooses them from the cache's types and each layer's K and V values per token
+    (k_vals, v_vals; 0 for a layer without a cache), as a context does."""
     text = kv_options_string(None, kv_options)
     k = (ctypes.c_int32 * max(n_layer, 1))()
     v = (ctypes.c_int32 * max(n_layer, 1))()
-    err = _kv_layer_types(text.encode(), n_layer, k, v)
+    sized = type_k is not None and k_vals is not None and v_vals is not None
+    if sized and not (len(k_vals) == len(v_vals) == n_layer):
+        raise TqValueError(f"k_vals and v_vals need one entry per layer ({n_layer}), not {len(k_vals)} and {len(v_vals)}")
+    tk = cache_type(type_k).ggml_id if sized else -1
+    tv = cache_type(type_v if type_v is not None else type_k).ggml_id if sized else -1
+    kvals = (ctypes.c_int64 * max(n_layer, 1))(*k_vals) if sized else None
+    vvals = (ctypes.c_int64 * max(n_layer, 1))(*v_vals) if sized else None
+    err = _kv_layer_types(text.encode(), n_layer, tk, tv, kvals, vvals, k, v)
     if err is not None:
         raise TqValueError(f"KV-cache options {text!r}: {err.decode()}")
     return ([cache_type(k[i]) if k[i] >= 0 else None for i in range(n_layer)],
@@ -276,15 +289,17 @@ def kv_bytes(model_path: Union[str, Path], type_k: TypeArg = "f16", type_v: Type
              n_ubatch: int = 512, kv_options: Union[None, str, dict] = None) -> int:
     """Bytes of KV cache llama.cpp allocates for one sequence of n_ctx tokens (sliding-window layers
     keep only window + ubatch cells, as llama.cpp sizes them), with the per-layer types of the KV
-    option `layers` when kv_options (or LLAMA_KV_LAYERS, as for a context) has it; ValueError where a
-    context would refuse them (per-layer types on a cache that is not tq)."""
+    option `layers` (or those the option `bits` chooses) when kv_options (or LLAMA_KV_LAYERS,
+    LLAMA_KV_BITS, as for a context) has it; ValueError where a context would refuse them
+    (per-layer types on a cache that is not tq)."""
     n_ctx, n_ubatch = _positive(n_ctx, "n_ctx"), _positive(n_ubatch, "n_ubatch")
     path = Path(model_path)
     meta = read_metadata(path)
     shape = attention_shape(meta, path)
     k0 = cache_type(type_k)
     v0 = cache_type(type_v if type_v is not None else type_k)
-    lk, lv = layer_types(shape["n_layer"], kv_options)
+    vals = [(h * shape["head_dim_k"], h * shape["head_dim_v"]) for h in shape["n_head_kv"]]
+    lk, lv = layer_types(shape["n_layer"], kv_options, k0, v0, [k for k, _ in vals], [v for _, v in vals])
     for side, base, per in (("K", k0, lk), ("V", v0, lv)):  # as a context refuses them (tq-kv-center.cpp)
         if any(per) and not base.turboquant:
             raise TqValueError(f"KV-cache option layers: per-layer {side} types need a tq {side} cache, not {base.name}")

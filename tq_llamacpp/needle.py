@@ -307,8 +307,9 @@ def run_needle(model_path: Union[str, Path], types: Sequence[str], n_ctx: Option
         prompts = {dt: build_prompt(vocab.tokenize, filler, n_ctx, dt[0], keys[dt], max_new_tokens) for dt in order}
 
     threads = threads or os.cpu_count() or 1
-    # the f16 cache that the bits are counted against has no per-layer types, whatever LLAMA_KV_LAYERS says
-    f16_size = kv_bytes(model_path, "f16", "f16", n_ctx=n_ctx, n_ubatch=n_batch, kv_options={"layers": ""})
+    # the f16 cache that the bits are counted against has no per-layer types, whatever LLAMA_KV_LAYERS
+    # or LLAMA_KV_BITS say
+    f16_size = kv_bytes(model_path, "f16", "f16", n_ctx=n_ctx, n_ubatch=n_batch, kv_options={"layers": "", "bits": 0})
     results = []
     for k, v, center in specs:
         label = pair_name(k, v) + (f"@{center}" if center else "") + (f" [{options}]" if options else "")

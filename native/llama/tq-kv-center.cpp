@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -93,6 +94,76 @@ static std::string tq_check_layers(const tq_kv_options & o, int32_t n_layer) {
     return "";
 }
 
+// the type a layer moves to under the option `bits`: the same code with one bit more per value
+static ggml_type tq_type_up(const ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_TQ2:   return GGML_TYPE_TQ3;
+        case GGML_TYPE_TQ2T:  return GGML_TYPE_TQ3T;
+        case GGML_TYPE_TQ2TS: return GGML_TYPE_TQ3TS;
+        case GGML_TYPE_TQ3:
+        case GGML_TYPE_TQ3T:  return GGML_TYPE_TQ4;
+        default:              return GGML_TYPE_COUNT;
+    }
+}
+
+static double tq_bits_per_value(const ggml_type t) {
+    return 8.0 * (double) ggml_type_size(t) / (double) ggml_blck_size(t);
+}
+
+std::string tq_kv_resolve_bits(tq_kv_options & o, ggml_type tk, ggml_type tv, const std::vector<int64_t> & k_vals,
+                               const std::vector<int64_t> & v_vals) {
+    if (o.bits == 0.0) {
+        return "";
+    }
+    char want[32];
+    snprintf(want, sizeof(want), "%g", o.bits);
+    if (!o.layer_k.empty() || !o.layer_v.empty()) {
+        return std::string("KV-cache options bits and layers both set: give one of them (bits=") + want +
+               " chooses the layers itself)";
+    }
+    if (!ggml_type_is_tq(tk) || tq_type_up(tk) == GGML_TYPE_COUNT) {
+        return std::string("KV-cache option bits=") + want + " needs a K cache of tq2, tq2t, tq2ts, tq3 or tq3t "
+               "(their layers move one type up), not " + ggml_type_name(tk);
+    }
+    // K first, from layer 0 on: K's errors cost more than V's, and the first layers' keys most
+    // (docs/results.md, Bits where they matter)
+    double sum = 0.0, n = 0.0;
+    for (size_t il = 0; il < k_vals.size(); ++il) {
+        sum += (double) k_vals[il] * tq_bits_per_value(tk) + (double) v_vals[il] * tq_bits_per_value(tv);
+        n   += (double) (k_vals[il] + v_vals[il]);
+    }
+    if (n == 0.0) {
+        return "";
+    }
+    const double cap = o.bits * n * (1.0 + 1e-12);
+    if (sum > cap) {
+        char got[64];
+        snprintf(got, sizeof(got), "%.3f", sum / n);
+        return std::string("KV-cache option bits=") + want + " is below the cache's own " + got + " bits per value (" +
+               ggml_type_name(tk) + "/" + ggml_type_name(tv) + "): choose smaller types or more bits";
+    }
+    for (const bool is_k : { true, false }) {
+        const ggml_type t  = is_k ? tk : tv;
+        const ggml_type up = tq_type_up(t);
+        if (up == GGML_TYPE_COUNT) {
+            break;
+        }
+        const std::vector<int64_t> & vals = is_k ? k_vals : v_vals;
+        for (size_t il = 0; il < vals.size(); ++il) {
+            const double more = (double) vals[il] * (tq_bits_per_value(up) - tq_bits_per_value(t));
+            if (vals[il] == 0) {
+                continue;
+            }
+            if (sum + more > cap) {
+                return "";
+            }
+            sum += more;
+            (is_k ? o.layer_k : o.layer_v)[(int32_t) il] = up;
+        }
+    }
+    return "";
+}
+
 // one key: the same words whether they come from the option string or the environment
 static std::string tq_parse_option(const std::string & key, const std::string & value, tq_kv_options & o) {
     if (key == "center") {
@@ -145,7 +216,20 @@ static std::string tq_parse_option(const std::string & key, const std::string & 
     if (key == "layers") {
         return tq_parse_layers(value, o);
     }
-    return "unknown KV-cache option '" + key + "' (center, equalize, sink, rope, key_offset, stats, calib_dir, calib_text, calib_tokens, layers)";
+    if (key == "bits") {
+        if (value.empty() || value == "0" || value == "off") {
+            o.bits = 0.0; // none (as "layers=")
+            return "";
+        }
+        char * end = nullptr;
+        const double b = strtod(value.c_str(), &end);
+        if (*end != '\0' || !(b >= 1.0 && b <= 16.0)) {
+            return "bits must be a number of bits per value from 1 to 16, such as 2.5 (or 0: none), not '" + value + "'";
+        }
+        o.bits = b;
+        return "";
+    }
+    return "unknown KV-cache option '" + key + "' (center, equalize, sink, rope, key_offset, stats, calib_dir, calib_text, calib_tokens, layers, bits)";
 }
 
 std::string tq_kv_options_parse(const char * text, tq_kv_options & opts) {
@@ -184,6 +268,7 @@ static tq_kv_options tq_kv_options_from_env() {
         { "LLAMA_KV_CALIB_TEXT", "calib_text" },
         { "LLAMA_KV_CALIB_TOKENS", "calib_tokens" },
         { "LLAMA_KV_LAYERS",    "layers"    },
+        { "LLAMA_KV_BITS",      "bits"      },
     };
     tq_kv_options o;
     for (const auto & v : vars) {
@@ -224,7 +309,8 @@ const char * llama_tq_kv_options_check(const char * options) {
     return tq_options_error.empty() ? nullptr : tq_options_error.c_str();
 }
 
-const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int32_t * k_types, int32_t * v_types) {
+const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int32_t type_k, int32_t type_v,
+                                     const int64_t * k_vals, const int64_t * v_vals, int32_t * k_types, int32_t * v_types) {
     tq_kv_options o;
     try {
         o = tq_kv_options_from_env();
@@ -243,6 +329,18 @@ const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int3
     tq_options_error = tq_check_layers(o, n_layer);
     if (!tq_options_error.empty()) {
         return tq_options_error.c_str();
+    }
+    if (o.bits != 0.0) {
+        if (!k_vals || !v_vals || type_k < 0 || type_k >= GGML_TYPE_COUNT || type_v < 0 || type_v >= GGML_TYPE_COUNT) {
+            tq_options_error = "llama_tq_kv_layer_types: the option bits needs the cache types and the layers' sizes";
+            return tq_options_error.c_str();
+        }
+        tq_options_error = tq_kv_resolve_bits(o, (ggml_type) type_k, (ggml_type) type_v,
+                                              std::vector<int64_t>(k_vals, k_vals + n_layer),
+                                              std::vector<int64_t>(v_vals, v_vals + n_layer));
+        if (!tq_options_error.empty()) {
+            return tq_options_error.c_str();
+        }
     }
     for (int32_t il = 0; il < n_layer; ++il) {
         k_types[il] = v_types[il] = -1;
@@ -764,7 +862,29 @@ void tq_kv_center::init(const llama_model & model, const llama_hparams & hparams
     hp = &hparams;
     type_k = tk;
     type_v = tv;
-    const tq_kv_options o = tq_kv_options_current();
+    tq_kv_options o = tq_kv_options_current();
+    if (o.bits != 0.0) {
+        // over every layer of the model, so that the caches of a model with sliding-window layers
+        // (one for those, one for the others) take the same choice
+        std::vector<int64_t> k_vals(hparams.n_layer_all), v_vals(hparams.n_layer_all);
+        for (uint32_t il = 0; il < hparams.n_layer_all; ++il) {
+            const bool kv = hparams.n_head_kv(il) > 0;
+            k_vals[il] = kv ? (int64_t) hparams.n_embd_k_gqa(il) : 0;
+            v_vals[il] = kv ? (int64_t) hparams.n_embd_v_gqa(il) : 0;
+        }
+        const std::string err = tq_kv_resolve_bits(o, tk, tv, k_vals, v_vals);
+        if (!err.empty()) {
+            throw std::runtime_error(err);
+        }
+        std::string desc;
+        for (const auto * m : { &o.layer_k, &o.layer_v }) {
+            if (!m->empty()) {
+                desc += std::string(desc.empty() ? "" : ", ") + (m == &o.layer_k ? "K" : "V") + " of layers 0-" +
+                        std::to_string(m->rbegin()->first) + " in " + ggml_type_name(m->begin()->second);
+            }
+        }
+        LLAMA_LOG_INFO("%s: KV-cache option bits=%g: %s\n", __func__, o.bits, desc.empty() ? "no layer moves" : desc.c_str());
+    }
     // per-layer types: another tq type in a layer of a tq cache (rotated like every layer of it)
     for (const auto * m : { &o.layer_k, &o.layer_v }) {
         const bool is_k = m == &o.layer_k;

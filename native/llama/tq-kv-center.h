@@ -50,12 +50,23 @@ struct tq_kv_options {
     int32_t         calib_tokens = 2048; // tokens of it the model reads, in sequences of at most 512
     // per-layer cache types over a tq cache ("layers=k0-3+7:tq4;v20-29:tq2"): layer -> type
     std::map<int32_t, ggml_type> layer_k, layer_v;
+    // "bits=2.5": per-layer types chosen for an average of at most that many bits per value
+    // (tq_kv_resolve_bits); 0 = none
+    double bits = 0.0;
 };
 
 // the options of contexts this thread creates: llama_tq_kv_options' if set, else the environment
 tq_kv_options tq_kv_options_current();
 // parse "key=value,..." onto `opts`; "" on success, else the message
 std::string tq_kv_options_parse(const char * text, tq_kv_options & opts);
+
+// The option `bits` as per-layer types (into o.layer_k, o.layer_v): K of layers 0, 1, ... one tq type
+// up (tq2 -> tq3, tq2t -> tq3t, tq2ts -> tq3ts, tq3 and tq3t -> tq4), then V likewise, as long as
+// the average bits per value of what a token adds to the cache stay within `bits`. k_vals[il],
+// v_vals[il]: the values of layer il's K and V per token (0 for a layer without a cache). "" on
+// success (also without `bits`), else the message.
+std::string tq_kv_resolve_bits(tq_kv_options & o, ggml_type tk, ggml_type tv, const std::vector<int64_t> & k_vals,
+                               const std::vector<int64_t> & v_vals);
 
 // the calibration run sets these for the throwaway context it makes (tq-kv-calibrate.cpp)
 struct tq_kv_calibration_target {

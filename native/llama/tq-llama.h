@@ -28,20 +28,27 @@ extern "C" {
 //   calib_tokens N                 how many of its tokens the calibration reads (64..65536, 2048)
 //   layers   k0-3+7:tq4;v20-29:tq2 other tq types for single layers' K or V of a tq cache
 //                                  (ranges joined by '+', specs by ';')
+//   bits     2.5                   per-layer types chosen for at most that many bits per value
+//                                  on average: K of layers 0, 1, ... one type up (tq2 -> tq3,
+//                                  tq2t -> tq3t, tq2ts -> tq3ts, tq3/tq3t -> tq4), then V; not
+//                                  with layers
 // They apply on top of the environment variables (LLAMA_KV_CENTER, LLAMA_KV_EQUALIZE, LLAMA_KV_SINK,
-// LLAMA_KV_ROPE, LLAMA_KV_KEY_OFFSET, LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, LLAMA_KV_CALIB_TEXT, LLAMA_KV_CALIB_TOKENS,
-// LLAMA_KV_LAYERS, the same words), which is all the llama.cpp tools read; keys given in neither
-// keep their defaults. NULL clears the thread's options. Returns NULL, or what is wrong with
+// LLAMA_KV_ROPE, LLAMA_KV_KEY_OFFSET, LLAMA_KV_STATS, LLAMA_KV_CALIB_DIR, LLAMA_KV_CALIB_TEXT,
+// LLAMA_KV_CALIB_TOKENS, LLAMA_KV_LAYERS, LLAMA_KV_BITS, the same words), which is all the llama.cpp
+// tools read; keys given in neither keep their defaults. NULL clears the thread's options. Returns NULL, or what is wrong with
 // `options` (then nothing changes).
 LLAMA_API const char * llama_tq_kv_options(const char * options);
 
 // The check alone: NULL if `options` is valid, else what is wrong with it.
 LLAMA_API const char * llama_tq_kv_options_check(const char * options);
 
-// The per-layer types that `options` (with the environment) sets for a model of n_layer layers:
-// k_types[il], v_types[il] receive a ggml_type, or -1 where the layer keeps the cache's type.
-// Returns NULL, or what is wrong (options, or a layer past n_layer).
-LLAMA_API const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int32_t * k_types,
+// The per-layer types that `options` (with the environment) sets for a model of n_layer layers whose
+// cache has types type_k, type_v (ggml_type) and whose layer il adds k_vals[il], v_vals[il] values of
+// K and V per token (0 without a cache; the option `bits` chooses by them; NULL where it is not
+// used): k_types[il], v_types[il] receive a ggml_type, or -1 where the layer keeps the cache's type.
+// Returns NULL, or what is wrong (options, a layer past n_layer, bits the types cannot meet).
+LLAMA_API const char * llama_tq_kv_layer_types(const char * options, int32_t n_layer, int32_t type_k, int32_t type_v,
+                                               const int64_t * k_vals, const int64_t * v_vals, int32_t * k_types,
                                                int32_t * v_types);
 
 // Centring statistics of one layer, computed on the CPU from host arrays by the same graph the
