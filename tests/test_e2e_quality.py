@@ -166,4 +166,12 @@ def test_eight_bit_scales_buy_three_bit_layers_below_three_bits(monkeypatch):
     assert bits["tq2ts"] <= bits["tq2t"] == 2.5
     assert kld["tq2ts"] < 0.9 * kld["tq2t"], kld
     assert kld["tq2ts"] < 2 * plain["q4_0"].kld_mean, (kld, plain["q4_0"].kld_mean)
+    # the budget named instead of the layers (KV option bits: K of layers 0-21 in tq3ts here), 3 chunks
+    # (2026-12-07): 0.101 against tq2ts everywhere's 0.183 and rotated q4_0's 0.058
+    monkeypatch.delenv("LLAMA_KV_LAYERS")
+    monkeypatch.setenv("LLAMA_KV_BITS", "2.5")
+    by_bits = compare(model, text, ["tq2ts"], ctx=512, chunks=3)[0].kld_mean
+    assert 16 * kv_bytes(model, "tq2ts", "tq2ts") / kv_bytes(model, "f16", "f16", kv_options={"bits": 0}) <= 2.5
+    assert by_bits < 2 * plain["q4_0"].kld_mean, (by_bits, plain["q4_0"].kld_mean)
+    assert by_bits < 0.65 * plain["tq2ts"].kld_mean, (by_bits, plain["tq2ts"].kld_mean)
 
