@@ -94,6 +94,9 @@ if want selftest; then
     fa=$(sed -n '/^== tq_cuda_fattn_test/,$p' "$out/native.log")
     say "cuda fattn decode test rc=$rc : $(grep -c '^PASS' <<< "$fa") PASS, $(grep -c '^FAIL' <<< "$fa") FAIL; $(grep '^perf' <<< "$fa" | sed -E 's/ D=128 G=4 kvh=8 tok=1 kv=32768//; s/, RB=.*//' | tr '\n' ';')"
     grep '^FAIL' <<< "$fa" | head -20 >> "$sum"
+    # the same timing on the one-group kernel (--ws 0), for the A/B of the two-group kernel
+    { echo "== tq_cuda_fattn_test --perf-only --ws 0"; $n/tq_cuda_fattn_test --perf-only --ws 0; } >> "$out/native.log" 2>&1
+    say "cuda fattn decode, one-group kernel: $(sed -n '/--perf-only --ws 0/,$p' "$out/native.log" | grep '^perf tq' | sed -E 's/ D=128 G=4 kvh=8 tok=1 kv=32768//; s/, RB=.*//' | tr '\n' ';')"
 fi
 
 # ---- 2. build -------------------------------------------------------------------------------------
@@ -352,6 +355,9 @@ if want sanitize && [ "$(left)" -gt 60 ]; then
       echo "== memcheck + racecheck test-backend-ops (one layer's attention: the chains side by side, the un-rotation)"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER; echo "rc=$?"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER -p 'type_k=tq3t?,'; echo "rc=$?"
+      echo "== synccheck + racecheck of the decode kernels (native harness, --quick: both kernels)"
+      timeout $(( $(left) / 4 )) compute-sanitizer --tool synccheck --error-exitcode 9 /tmp/tq-native/tq_cuda_fattn_test --quick --no-perf; echo "rc=$?"
+      timeout $(( $(left) / 4 )) compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/tq-native/tq_cuda_fattn_test --quick --no-perf; echo "rc=$?"
       echo "== racecheck test-backend-ops (tq3 vec decode)"
       timeout $(( $(left) - 20 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o FLASH_ATTN_EXT \
           -p 'hsk=128,.*kv=512,nb=1,.*type_K=tq3,type_V=tq3'; echo "rc=$?"
