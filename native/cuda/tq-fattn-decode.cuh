@@ -789,12 +789,24 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
 #define TQ_FA_BAR_EMPTY 4 // the V group has read them
 #define TQ_FA_BAR_DONE  5 // both groups are past their loops
 
+// The groups reach FULL, EMPTY and DONE at different instructions (bar.arrive in one, bar.sync in
+// the other), which the .aligned forms bar.sync / bar.arrive do not allow: those require every thread
+// of the block to execute the same barrier instruction. Hence the non-aligned barrier.sync /
+// barrier.arrive (sm_70 on; before Volta a warp never diverges at a barrier, and the old forms hold).
 static __device__ __forceinline__ void tq_fa_bar_sync(const int id, const int n) {
+#if __CUDA_ARCH__ >= 700
+    asm volatile("barrier.sync %0, %1;" :: "r"(id), "r"(n) : "memory");
+#else
     asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory");
+#endif
 }
 
 static __device__ __forceinline__ void tq_fa_bar_arrive(const int id, const int n) {
+#if __CUDA_ARCH__ >= 700
+    asm volatile("barrier.arrive %0, %1;" :: "r"(id), "r"(n) : "memory");
+#else
     asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory");
+#endif
 }
 
 // the tile buffers of the two-group kernel: K[2] then V[2] (dynamic shared memory), or the cross-warp
@@ -1260,15 +1272,22 @@ static tq_fa_kernel_info tq_fa_info() {
     } else {
         kernel = tq_fa_decode_kernel<KB, VB, D, RB>;
     }
-    // more than 48 KiB of dynamic shared memory (tq4 rows at head size 128) is allowed per device
-    if constexpr (smem > 48 * 1024) {
-        static bool allowed[64] = {};
+    // the two-group kernel's tile buffers are dynamic shared memory, more than 48 KiB with the static
+    // part for tq3 and tq4 rows: allowed once per device, or, on a device that has less to give (before
+    // Volta), the one-group kernel takes these rows
+    if constexpr (WS) {
+        static signed char allowed[64] = {}; // 0 not asked yet, 1 yes, -1 no
         int dev = 0;
-        if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 && !allowed[dev]) {
-            allowed[dev] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) == cudaSuccess;
-            if (!allowed[dev]) {
-                (void) cudaGetLastError(); // the launch then fails and says so
-            }
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+            (void) cudaGetLastError();
+            return tq_fa_info<KB, VB, D, RB, false>();
+        }
+        if (allowed[dev] == 0) {
+            allowed[dev] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) == cudaSuccess ? 1 : -1;
+            (void) cudaGetLastError();
+        }
+        if (allowed[dev] < 0) {
+            return tq_fa_info<KB, VB, D, RB, false>();
         }
     }
     // the occupancy once per instance: it bounds how many key splits fill the GPU
