@@ -52,9 +52,7 @@
 # caches split as if the combine cost nothing: 2 splits at depth 0), "tq3@pairs" with TQ_CUDA_CONVERT_PAIRS=1
 # (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel),
 # "f16@gopt" with GGML_CUDA_GRAPH_OPT=1 (llama.cpp runs a layer's Q, K and V branches on streams of
-# their own inside the CUDA graph), "tq3@ws0" with TQ_CUDA_FA_WS=0 (the decode kernel's 2- and 4-row
-# blocks on the one-group kernel, K and V phases one after the other; also in TQ_BATCHED_TYPES);
-# flags combine: "tq3@unfused@gopt".
+# their own inside the CUDA graph); flags combine: "tq3@unfused@gopt".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -94,9 +92,6 @@ if want selftest; then
     fa=$(sed -n '/^== tq_cuda_fattn_test/,$p' "$out/native.log")
     say "cuda fattn decode test rc=$rc : $(grep -c '^PASS' <<< "$fa") PASS, $(grep -c '^FAIL' <<< "$fa") FAIL; $(grep '^perf' <<< "$fa" | sed -E 's/ D=128 G=4 kvh=8 tok=1 kv=32768//; s/, RB=.*//' | tr '\n' ';')"
     grep '^FAIL' <<< "$fa" | head -20 >> "$sum"
-    # the same timing on the one-group kernel (--ws 0), for the A/B of the two-group kernel
-    { echo "== tq_cuda_fattn_test --perf-only --ws 0"; $n/tq_cuda_fattn_test --perf-only --ws 0; } >> "$out/native.log" 2>&1
-    say "cuda fattn decode, one-group kernel: $(sed -n '/--perf-only --ws 0/,$p' "$out/native.log" | grep '^perf tq' | sed -E 's/ D=128 G=4 kvh=8 tok=1 kv=32768//; s/, RB=.*//' | tr '\n' ';')"
 fi
 
 # ---- 2. build -------------------------------------------------------------------------------------
@@ -228,15 +223,15 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1; ws=1
+        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1
         for f in $(tr '@' ' ' <<< "${spec#"$t"}"); do
-            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;; ws0) ws=0 ;;
+            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;;
                 *) say "bench: unknown flag @$f in $spec" ;; esac
         done
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge TQ_CUDA_FA_WS=$ws)" >> "$out/bench.log"
-        TQ_CUDA_FA_WS=$ws TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge)" >> "$out/bench.log"
+        TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
@@ -253,12 +248,11 @@ if want batched && [ "$(left)" -gt 90 ]; then
     maxpl=$(tr ',' '\n' <<< "$npl" | sort -n | tail -1)
     if [ -x "$bin/llama-batched-bench" ]; then
         for spec in ${TQ_BATCHED_TYPES:-f16 tq3 q4_0}; do
-            t=${spec%%@*}; tk=${t%/*}; tv=${t#*/}; ws=1
-            case $spec in *@ws0) ws=0 ;; esac
+            tk=${spec%/*}; tv=${spec#*/}
             [ "$(left)" -gt 60 ] || { say "batched: out of time before $spec"; break; }
             echo "## $spec" >> "$out/batched.log"
             # one KV stream per sequence (llama.cpp's default), each of pp + tg cells
-            TQ_CUDA_FA_WS=$ws timeout $(( $(left) - 30 )) $bin/llama-batched-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv -c $(( maxpl * (pp + tg) )) \
+            timeout $(( $(left) - 30 )) $bin/llama-batched-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv -c $(( maxpl * (pp + tg) )) \
                 -npp $pp -ntg $tg -npl $npl >> "$out/batched.log" 2>&1
             say "llama-batched-bench $spec rc=$?"
         done
@@ -355,9 +349,6 @@ if want sanitize && [ "$(left)" -gt 60 ]; then
       echo "== memcheck + racecheck test-backend-ops (one layer's attention: the chains side by side, the un-rotation)"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool memcheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER; echo "rc=$?"
       timeout $(( $(left) / 3 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o TQ_ATTN_LAYER -p 'type_k=tq3t?,'; echo "rc=$?"
-      echo "== synccheck + racecheck of the decode kernels (native harness, --quick: both kernels)"
-      timeout $(( $(left) / 4 )) compute-sanitizer --tool synccheck --error-exitcode 9 /tmp/tq-native/tq_cuda_fattn_test --quick --no-perf; echo "rc=$?"
-      timeout $(( $(left) / 4 )) compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/tq-native/tq_cuda_fattn_test --quick --no-perf; echo "rc=$?"
       echo "== racecheck test-backend-ops (tq3 vec decode)"
       timeout $(( $(left) - 20 )) compute-sanitizer --tool racecheck --error-exitcode 9 $tbo -b CUDA0 -o FLASH_ATTN_EXT \
           -p 'hsk=128,.*kv=512,nb=1,.*type_K=tq3,type_V=tq3'; echo "rc=$?"

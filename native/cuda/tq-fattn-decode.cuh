@@ -205,8 +205,7 @@ static __device__ __noinline__ void tq_fa_copy_unit_checked(uint8_t * s, const u
 // end of the tensor takes the checked copy.
 template <typename block_t, int D, int TK>
 static __device__ __forceinline__ void tq_fa_stage(uint8_t * buf, const char * g0, const int64_t nb1, const int nk,
-                                                    const bool contig, const uintptr_t lo, const uintptr_t hi,
-                                                    const int tid) {
+                                                    const bool contig, const uintptr_t lo, const uintptr_t hi) {
     using L = tq_fa_row<block_t, D>;
     constexpr int U = L::U;
     constexpr uintptr_t M = U - 1;
@@ -216,7 +215,7 @@ static __device__ __forceinline__ void tq_fa_stage(uint8_t * buf, const char * g
         const uintptr_t we = (a + (uintptr_t) nk * L::ROW + M) & ~M;
         const int nu = (int) ((we - w0) / U);
         const bool safe = w0 >= lo && we <= hi;
-        for (int x = tid; x < nu; x += TQ_FA_NT) {
+        for (int x = threadIdx.x; x < nu; x += TQ_FA_NT) {
             if (safe) {
                 tq_fa_cp_async<U>(buf + x * U, (const char *) (w0 + (uintptr_t) x * U));
             } else {
@@ -228,10 +227,10 @@ static __device__ __forceinline__ void tq_fa_stage(uint8_t * buf, const char * g
         constexpr int RPT = TK >= TQ_FA_NT ? TK / TQ_FA_NT : 1;   // rows per thread
         constexpr int UPT = (L::NUW + TPR - 1) / TPR;             // units per thread and row, at most
         static_assert(TPR * TK == TQ_FA_NT * RPT, "threads and rows tile each other");
-        const int part = tid % TPR;
+        const int part = threadIdx.x % TPR;
 #pragma unroll
         for (int j = 0; j < RPT; ++j) {
-            const int r = tid / TPR + j * (TQ_FA_NT / TPR);
+            const int r = threadIdx.x / TPR + j * (TQ_FA_NT / TPR);
             if (r >= nk) {
                 continue;
             }
@@ -482,10 +481,10 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         }
     };
     auto stage_k = [&](const int k0) {
-        tq_fa_stage<KB, D, TK>(sm, Kh + k0 * p.nbk1, p.nbk1, min(TK, kend - k0), p.k_contig, p.k_lo, p.k_hi, tid);
+        tq_fa_stage<KB, D, TK>(sm, Kh + k0 * p.nbk1, p.nbk1, min(TK, kend - k0), p.k_contig, p.k_lo, p.k_hi);
     };
     auto stage_v = [&](const int k0) {
-        tq_fa_stage<VB, D, TK>(sm + KBUF, Vh + k0 * p.nbv1, p.nbv1, min(TK, kend - k0), p.v_contig, p.v_lo, p.v_hi, tid);
+        tq_fa_stage<VB, D, TK>(sm + KBUF, Vh + k0 * p.nbv1, p.nbv1, min(TK, kend - k0), p.v_contig, p.v_lo, p.v_hi);
     };
     auto rowoff_k = [&](const uint32_t g0, const int kl) {
         return p.k_contig ? (int) (g0 & (LK::U - 1)) + kl * LK::ROW
@@ -770,436 +769,6 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     }
 }
 
-// ---- the same work on two warp groups ---------------------------------------------------------
-//
-// In the kernel above the K phase of a tile and its V phase run one after the other, each behind a
-// barrier of the whole block, so that at 2 blocks per SM (8 warps) the schedulers find an eligible
-// warp only about half the time. Here a block has 256 threads in two groups of 128 with the same
-// thread layouts as above: warps 0-3 stage K, score the keys and take the softmax; warps 4-7 stage V
-// and accumulate. The groups meet only at the tile's probabilities (one buffer, handed over by the
-// named barriers FULL and EMPTY), so the K group scores tile t+1 while the V group accumulates
-// tile t. K and V tiles are double-buffered in dynamic shared memory, each group waiting only on its
-// own copies. No dead-tile skipping: the one-row blocks of short caches keep the kernel above.
-#define TQ_FA_WS_NT 256
-
-// named barriers (0 is __syncthreads)
-#define TQ_FA_BAR_K     1 // the K group
-#define TQ_FA_BAR_V     2 // the V group
-#define TQ_FA_BAR_FULL  3 // the K group has written a tile's probabilities
-#define TQ_FA_BAR_EMPTY 4 // the V group has read them
-#define TQ_FA_BAR_DONE  5 // both groups are past their loops
-
-// The groups reach FULL, EMPTY and DONE at different instructions (bar.arrive in one, bar.sync in
-// the other), which the .aligned forms bar.sync / bar.arrive do not allow: those require every thread
-// of the block to execute the same barrier instruction. Hence the non-aligned barrier.sync /
-// barrier.arrive (sm_70 on; before Volta a warp never diverges at a barrier, and the old forms hold).
-static __device__ __forceinline__ void tq_fa_bar_sync(const int id, const int n) {
-#if __CUDA_ARCH__ >= 700
-    asm volatile("barrier.sync %0, %1;" :: "r"(id), "r"(n) : "memory");
-#else
-    asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory");
-#endif
-}
-
-static __device__ __forceinline__ void tq_fa_bar_arrive(const int id, const int n) {
-#if __CUDA_ARCH__ >= 700
-    asm volatile("barrier.arrive %0, %1;" :: "r"(id), "r"(n) : "memory");
-#else
-    asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory");
-#endif
-}
-
-// the tile buffers of the two-group kernel: K[2] then V[2] (dynamic shared memory), or the cross-warp
-// reduction at the end, +16 for a plane word read as two aligned words at the end of the last row
-template <typename KB, typename VB, int D, int RB>
-struct tq_fa_ws_smem {
-    static constexpr int NB   = D / TQ_BLOCK;
-    static constexpr int TK   = 2 * TQ_FA_NT / NB;
-    static constexpr int KBUF = TK * tq_fa_row<KB, D>::SR;
-    static constexpr int VBUF = TK * tq_fa_row<VB, D>::SR;
-    static constexpr int RED  = (TQ_FA_NT / 32) * RB * D * (int) sizeof(float);
-    static constexpr int BYTES = (2 * (KBUF + VBUF) > RED ? 2 * (KBUF + VBUF) : RED) + 16;
-};
-
-template <typename KB, typename VB, int D, int RB>
-static __global__ void __launch_bounds__(TQ_FA_WS_NT, 2)
-tq_fa_decode_ws_kernel(const tq_fa_decode_kparams p) {
-    static_assert(D % TQ_BLOCK == 0 && D >= 64 && D <= 256, "head size 64, 128 or 256");
-    static_assert(RB == 2 || RB == 4, "2 or 4 rows per block");
-    using S = tq_fa_ws_smem<KB, VB, D, RB>;
-    constexpr int NB   = S::NB;
-    constexpr int TK   = S::TK;
-    constexpr int NDG  = D / TQ_FA_VPT;
-    constexpr int NKG  = TQ_FA_NT / NDG;
-    constexpr int VKPT = TK / NKG;
-    constexpr int NW   = TQ_FA_NT / 32;           // warps per group
-    constexpr int QS   = TQ_BLOCK + 4;
-    constexpr int KBITS = tq_fa_block<KB>::bits;
-    constexpr int VBITS = tq_fa_block<VB>::bits;
-    using LK = tq_fa_row<KB, D>;
-    using LV = tq_fa_row<VB, D>;
-    constexpr int KBUF = S::KBUF;
-    constexpr int VBUF = S::VBUF;
-    constexpr int MPT  = (RB * TK + TQ_FA_NT - 1) / TQ_FA_NT;
-    static_assert(32 % NB == 0 && 32 % NDG == 0, "the threads of a key, and of a dim group's keys, lie within a warp");
-    static_assert(NKG * VKPT == TK, "V threads cover the tile");
-
-    extern __shared__ __align__(16) uint8_t tq_fa_ws_sm[]; // K[2], V[2]; then the reduction
-    uint8_t * sm = tq_fa_ws_sm;
-    __shared__ __align__(16) float sq[RB * NB * QS];
-    __shared__ __align__(16) float smask[2][TK * RB];
-    __shared__ __align__(16) float sp[TK * RB];           // the tile's probabilities, K group -> V group
-    __shared__ float sf[RB];                               // and the rescale of the rows' outputs
-    __shared__ float ktab[16];
-    __shared__ float vtab[16];
-    __shared__ float wmax[NW][RB];
-    __shared__ float red_l[NW][RB];
-    __shared__ float red_M[RB];
-
-    const int tid  = threadIdx.x;
-    const bool kgroup = tid < TQ_FA_NT;
-    const int gt   = tid & (TQ_FA_NT - 1);  // thread in its group
-    const int lane = tid & 31;
-    const int gw   = gt >> 5;               // warp in its group
-    const int kc = gt % NB;
-    const int ka = gt / NB;
-    const int vdg = gt % NDG;
-    const int vkg = gt / NDG;
-    const int vc  = vdg >> 2;
-    const int vi  = vdg & 3;
-
-    const int chunk = blockIdx.x % p.n_chunks;
-    const int kvh   = blockIdx.x / p.n_chunks;
-    const int split = blockIdx.y;
-    const int seq   = blockIdx.z;
-    const int r0    = chunk * RB;
-
-    if (tid < 16) {
-        ktab[tid] = tid < (1 << KBITS) ? tq_cuda_centroid<KBITS>(tid) : 0.0f;
-        vtab[tid] = tid < (1 << VBITS) ? tq_cuda_centroid<VBITS>(tid) : 0.0f;
-    }
-
-    const int kbeg   = split * p.tiles_per_split * TK;
-    const int kend   = min(p.n_kv, kbeg + p.tiles_per_split * TK);
-    const int ntiles = kend > kbeg ? (kend - kbeg + TK - 1) / TK : 0;
-
-    const char * Kh = p.K + seq * p.nbk3 + kvh * p.nbk2;
-    const char * Vh = p.V + seq * p.nbv3 + kvh * p.nbv2;
-
-    for (int e = tid; e < RB * D; e += TQ_FA_WS_NT) {
-        const int r = e / D;
-        const int d = e % D;
-        const int row = r0 + r;
-        float v = 0.0f;
-        if (row < p.n_rows) {
-            const int tok = row / p.G;
-            const int head = kvh * p.G + (row - tok * p.G);
-            v = ((const float *) (p.Q + seq * p.nbq3 + head * p.nbq2 + tok * p.nbq1))[d] * p.qscale;
-        }
-        sq[(r * NB + d / TQ_BLOCK) * QS + d % TQ_BLOCK] = v;
-    }
-
-    // the K group's mask elements e = gt + 128 n of a tile: key e / RB, row e % RB
-    const uint16_t * mptr[MPT];
-    uint32_t mraw[MPT];
-#pragma unroll
-    for (int n = 0; n < MPT; ++n) {
-        const int e = gt + TQ_FA_NT * n;
-        const int row = r0 + e % RB;
-        mptr[n] = nullptr;
-        mraw[n] = TQ_FA_HALF_NINF;
-        if (kgroup && p.mask && e < RB * TK && row < p.n_rows) {
-            mptr[n] = (const uint16_t *) (p.mask + (seq % p.nem3) * p.nbm3 + (row / p.G) * p.nbm1) + e / RB;
-        }
-    }
-    auto mask_load = [&](const int k0) {
-#pragma unroll
-        for (int n = 0; n < MPT; ++n) {
-            const int e = gt + TQ_FA_NT * n;
-            mraw[n] = mptr[n] && k0 + e / RB < kend ? mptr[n][k0] : TQ_FA_HALF_NINF;
-        }
-    };
-    auto mask_store = [&](float * dstm, const int k0) {
-#pragma unroll
-        for (int n = 0; n < MPT; ++n) {
-            const int e = gt + TQ_FA_NT * n;
-            if (e < RB * TK) {
-                const float mv = p.mask ? __half2float(__ushort_as_half((unsigned short) mraw[n])) * TQ_FA_LOG2E : 0.0f;
-                dstm[e] = k0 + e / RB < kend ? mv : -INFINITY;
-            }
-        }
-    };
-    auto stage_k = [&](const int it) {
-        const int k0 = kbeg + it * TK;
-        tq_fa_stage<KB, D, TK>(sm + (it & 1) * KBUF, Kh + k0 * p.nbk1, p.nbk1, min(TK, kend - k0), p.k_contig, p.k_lo, p.k_hi, gt);
-    };
-    auto stage_v = [&](const int it) {
-        const int k0 = kbeg + it * TK;
-        tq_fa_stage<VB, D, TK>(sm + 2 * KBUF + (it & 1) * VBUF, Vh + k0 * p.nbv1, p.nbv1, min(TK, kend - k0),
-                               p.v_contig, p.v_lo, p.v_hi, gt);
-    };
-    if (ntiles > 0) {
-        if (kgroup) {
-            mask_load(kbeg);
-            mask_store(smask[0], kbeg);
-            if (ntiles > 1) {
-                mask_load(kbeg + TK);
-            }
-            stage_k(0);
-        } else {
-            stage_v(0);
-        }
-    }
-    tq_fa_cp_commit();
-    __syncthreads(); // the query rows, the tables, the first mask
-
-    if (kgroup) {
-        // ---- the K group: score, softmax ----
-        float M[RB]; // running max per row, the same in every thread of the group
-        float l[RB]; // sums of the probabilities of the thread's keys (threads kc == 0)
-#pragma unroll
-        for (int r = 0; r < RB; ++r) {
-            M[r] = -FLT_MAX / 2;
-            l[r] = 0.0f;
-        }
-        for (int it = 0; it < ntiles; ++it) {
-            const int k0 = kbeg + it * TK;
-            const int nk = min(TK, kend - k0);
-            const uint8_t * Ks = sm + (it & 1) * KBUF;
-
-            tq_fa_cp_wait<0>();
-            tq_fa_bar_sync(TQ_FA_BAR_K, TQ_FA_NT); // K(t) and its mask in; the group is done with tile t-1
-            if (it + 1 < ntiles) {
-                stage_k(it + 1);
-                mask_store(smask[(it + 1) & 1], k0 + TK);
-                if (it + 2 < ntiles) {
-                    mask_load(k0 + 2 * TK);
-                }
-            }
-            tq_fa_cp_commit();
-
-            const uint32_t kg0 = (uint32_t) (uintptr_t) (Kh + k0 * p.nbk1);
-            const int kla = ka;
-            const int klb = ka + TK / 2;
-            const int xa = (p.k_contig ? (int) (kg0 & (LK::U - 1)) + kla * LK::ROW
-                                       : kla * LK::SR + (int) ((kg0 + (uint32_t) kla * (uint32_t) p.nbk1) & (LK::U - 1))) + kc * LK::BS;
-            const int xb = (p.k_contig ? (int) (kg0 & (LK::U - 1)) + klb * LK::ROW
-                                       : klb * LK::SR + (int) ((kg0 + (uint32_t) klb * (uint32_t) p.nbk1) & (LK::U - 1))) + kc * LK::BS;
-            const float da = tq_cuda_half(*(const uint16_t *) (Ks + xa));
-            const float db = tq_cuda_half(*(const uint16_t *) (Ks + xb));
-            float pa[RB], pb[RB];
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-                pa[r] = 0.0f;
-                pb[r] = 0.0f;
-            }
-#pragma unroll 1
-            for (int i = 0; i < 4; ++i) {
-                uint32_t a0, a1, b0, b1;
-                tq_fa_words<KB>(Ks, xa, i, a0, a1);
-                tq_fa_words<KB>(Ks, xb, i, b0, b1);
-                const float * sqi = sq + kc * QS + 4 * i;
-                tq_fa_dot2<KB, RB, 0>(ktab, sqi, NB * QS, a0, a1, b0, b1, pa, pb);
-                tq_fa_dot2<KB, RB, 1>(ktab, sqi, NB * QS, a0, a1, b0, b1, pa, pb);
-                tq_fa_dot2<KB, RB, 2>(ktab, sqi, NB * QS, a0, a1, b0, b1, pa, pb);
-                tq_fa_dot2<KB, RB, 3>(ktab, sqi, NB * QS, a0, a1, b0, b1, pa, pb);
-            }
-
-            float ma[RB], mb[RB], sa[RB], sb[RB];
-            tq_fa_ld_rows<RB>(smask[it & 1] + kla * RB, ma);
-            tq_fa_ld_rows<RB>(smask[it & 1] + klb * RB, mb);
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-                pa[r] *= da;
-                pb[r] *= db;
-#pragma unroll
-                for (int off = 1; off < NB; off <<= 1) {
-                    pa[r] += __shfl_xor_sync(0xffffffffu, pa[r], off);
-                    pb[r] += __shfl_xor_sync(0xffffffffu, pb[r], off);
-                }
-                // select, not add: rows past the tile hold stale codes that may decode to NaN
-                sa[r] = kla < nk ? pa[r] + ma[r] : -INFINITY;
-                sb[r] = klb < nk ? pb[r] + mb[r] : -INFINITY;
-                float mx = fmaxf(sa[r], sb[r]);
-#pragma unroll
-                for (int off = NB; off < 32; off <<= 1) {
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-                }
-                if (lane == 0) {
-                    wmax[gw][r] = mx;
-                }
-            }
-            tq_fa_bar_sync(TQ_FA_BAR_K, TQ_FA_NT); // the warps' maxima
-
-            float f[RB];
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-                float mn = M[r];
-#pragma unroll
-                for (int w = 0; w < NW; ++w) {
-                    mn = fmaxf(mn, wmax[w][r]);
-                }
-                f[r] = exp2f(M[r] - mn);
-                M[r] = mn;
-                sa[r] = exp2f(sa[r] - mn);
-                sb[r] = exp2f(sb[r] - mn);
-                l[r] = l[r] * f[r] + (kc == 0 ? sa[r] + sb[r] : 0.0f);
-            }
-            if (it > 0) {
-                tq_fa_bar_sync(TQ_FA_BAR_EMPTY, TQ_FA_WS_NT); // the V group has read tile t-1's
-            }
-            if (kc == 0) {
-                tq_fa_st_rows<RB>(sp + ka * RB, sa);
-                tq_fa_st_rows<RB>(sp + (ka + TK / 2) * RB, sb);
-            }
-            if (gt < RB) {
-                sf[gt] = f[gt];
-            }
-            tq_fa_bar_arrive(TQ_FA_BAR_FULL, TQ_FA_WS_NT);
-        }
-        // the K group's sums of probabilities and its maxima (buffers of their own)
-#pragma unroll
-        for (int r = 0; r < RB; ++r) {
-            float L = l[r];
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {
-                L += __shfl_xor_sync(0xffffffffu, L, off);
-            }
-            if (lane == 0) {
-                red_l[gw][r] = L;
-            }
-            if (gt == 0) {
-                red_M[r] = M[r];
-            }
-        }
-        tq_fa_cp_wait<0>();
-        tq_fa_bar_sync(TQ_FA_BAR_DONE, TQ_FA_WS_NT); // the V group may now overwrite the tile buffers
-    } else {
-        // ---- the V group: accumulate ----
-        float acc[RB][TQ_FA_VPT]; // unnormalized outputs of the thread's 16 dims over its keys
-#pragma unroll
-        for (int r = 0; r < RB; ++r) {
-#pragma unroll
-            for (int v = 0; v < TQ_FA_VPT; ++v) {
-                acc[r][v] = 0.0f;
-            }
-        }
-        for (int it = 0; it < ntiles; ++it) {
-            const int k0 = kbeg + it * TK;
-            const int nk = min(TK, kend - k0);
-            const uint8_t * Vs = sm + 2 * KBUF + (it & 1) * VBUF;
-
-            tq_fa_cp_wait<0>();
-            tq_fa_bar_sync(TQ_FA_BAR_V, TQ_FA_NT); // V(t) in; the group is done with tile t-1
-            if (it + 1 < ntiles) {
-                stage_v(it + 1);
-            }
-            tq_fa_cp_commit();
-
-            tq_fa_bar_sync(TQ_FA_BAR_FULL, TQ_FA_WS_NT); // tile t's probabilities
-            float f[RB];
-            bool moved = false;
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-                f[r] = sf[r];
-                moved |= f[r] != 1.0f;
-            }
-            if (moved) {
-                // every V thread reads the same factors: a uniform branch
-#pragma unroll
-                for (int r = 0; r < RB; ++r) {
-#pragma unroll
-                    for (int v = 0; v < TQ_FA_VPT; ++v) {
-                        acc[r][v] *= f[r];
-                    }
-                }
-            }
-            const uint32_t vg0 = (uint32_t) (uintptr_t) (Vh + k0 * p.nbv1);
-#pragma unroll 1
-            for (int j = 0; j < VKPT; ++j) {
-                const int kl = vkg + NKG * j;
-                const int xb = (p.v_contig ? (int) (vg0 & (LV::U - 1)) + kl * LV::ROW
-                                           : kl * LV::SR + (int) ((vg0 + (uint32_t) kl * (uint32_t) p.nbv1) & (LV::U - 1))) + vc * LV::BS;
-                const float d = tq_cuda_half(*(const uint16_t *) (Vs + xb));
-                uint32_t w0, w1;
-                tq_fa_words<VB>(Vs, xb, vi, w0, w1);
-                float pv[RB];
-                tq_fa_ld_rows<RB>(sp + kl * RB, pv);
-                float pd[RB];
-#pragma unroll
-                for (int r = 0; r < RB; ++r) {
-                    // select, not multiply: p = 0 times a stale scale of inf or NaN is NaN
-                    pd[r] = kl < nk ? pv[r] * d : 0.0f;
-                }
-                tq_fa_axpy16<VB, RB, 0>(vtab, w0, w1, pd, acc);
-                tq_fa_axpy16<VB, RB, 1>(vtab, w0, w1, pd, acc);
-                tq_fa_axpy16<VB, RB, 2>(vtab, w0, w1, pd, acc);
-                tq_fa_axpy16<VB, RB, 3>(vtab, w0, w1, pd, acc);
-            }
-            if (it + 1 < ntiles) {
-                tq_fa_bar_arrive(TQ_FA_BAR_EMPTY, TQ_FA_WS_NT);
-            }
-        }
-
-        // the V group's sums over its key groups, then into the tile buffers once both groups are
-        // past their loops
-#pragma unroll
-        for (int off = NDG; off < 32; off <<= 1) {
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-#pragma unroll
-                for (int v = 0; v < TQ_FA_VPT; ++v) {
-                    acc[r][v] += __shfl_xor_sync(0xffffffffu, acc[r][v], off);
-                }
-            }
-        }
-        tq_fa_cp_wait<0>();
-        tq_fa_bar_sync(TQ_FA_BAR_DONE, TQ_FA_WS_NT);
-        if (lane < NDG) {
-            float * red = (float *) sm; // [NW][RB][D]
-#pragma unroll
-            for (int r = 0; r < RB; ++r) {
-#pragma unroll
-                for (int s = 0; s < 4; ++s) {
-#pragma unroll
-                    for (int b = 0; b < 4; ++b) {
-                        red[(gw * RB + r) * D + 64 * vc + 4 * vi + 16 * s + b] = acc[r][4 * s + b];
-                    }
-                }
-            }
-        }
-    }
-    __syncthreads();
-
-    const float * red = (const float *) sm;
-    for (int e = tid; e < RB * D; e += TQ_FA_WS_NT) {
-        const int r   = e / D;
-        const int dd  = e % D;
-        const int row = r0 + r;
-        if (row >= p.n_rows) {
-            continue;
-        }
-        float a = 0.0f;
-        float L = 0.0f;
-#pragma unroll
-        for (int w = 0; w < NW; ++w) {
-            a += red[(w * RB + r) * D + dd];
-            L += red_l[w][r];
-        }
-        const int tok  = row / p.G;
-        const int head = kvh * p.G + (row - tok * p.G);
-        const int64_t rg = ((int64_t) seq * p.n_tokens + tok) * p.n_q_heads + head;
-        if (p.n_splits == 1) {
-            p.dst[rg * D + dd] = L > 0.0f ? a / L : 0.0f;
-        } else {
-            p.part[(rg * p.n_splits + split) * D + dd] = a;
-            if (dd == 0) {
-                p.part_ml[rg * p.n_splits + split] = make_float2(red_M[r], L);
-            }
-        }
-    }
-}
-
 // dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s
 template <int D>
 static __global__ void __launch_bounds__(D)
@@ -1248,8 +817,6 @@ typedef void (*tq_fa_kernel_t)(const tq_fa_decode_kparams);
 struct tq_fa_decode_plan {
     tq_fa_kernel_t kernel;
     int RB, TK, n_chunks, n_splits, tiles_per_split, blocks_per_sm;
-    int threads;           // 128, or 256 for the two-group kernel
-    size_t smem;           // dynamic shared memory of the launch
     size_t scratch_floats; // 0 with one split
 };
 
@@ -1257,84 +824,55 @@ struct tq_fa_kernel_info {
     tq_fa_kernel_t kernel;
     int TK;
     int blocks_per_sm;
-    int threads;
-    size_t smem;
 };
 
-// WS: the two-group kernel (tq_fa_decode_ws_kernel, rows per block 2 or 4)
-template <typename KB, typename VB, int D, int RB, bool WS>
+template <typename KB, typename VB, int D, int RB>
 static tq_fa_kernel_info tq_fa_info() {
-    constexpr int threads = WS ? TQ_FA_WS_NT : TQ_FA_NT;
-    constexpr size_t smem = WS ? (size_t) tq_fa_ws_smem<KB, VB, D, RB>::BYTES : 0;
-    tq_fa_kernel_t kernel;
-    if constexpr (WS) {
-        kernel = tq_fa_decode_ws_kernel<KB, VB, D, RB>;
-    } else {
-        kernel = tq_fa_decode_kernel<KB, VB, D, RB>;
-    }
-    // the two-group kernel's tile buffers are dynamic shared memory, more than 48 KiB with the static
-    // part for tq3 and tq4 rows: allowed once per device, or, on a device that has less to give (before
-    // Volta), the one-group kernel takes these rows
-    if constexpr (WS) {
-        static signed char allowed[64] = {}; // 0 not asked yet, 1 yes, -1 no
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-            (void) cudaGetLastError();
-            return tq_fa_info<KB, VB, D, RB, false>();
-        }
-        if (allowed[dev] == 0) {
-            allowed[dev] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) == cudaSuccess ? 1 : -1;
-            (void) cudaGetLastError();
-        }
-        if (allowed[dev] < 0) {
-            return tq_fa_info<KB, VB, D, RB, false>();
-        }
-    }
-    // the occupancy once per instance: it bounds how many key splits fill the GPU
-    static const int bps = [kernel]() {
+    // occupancy once per instance: it bounds how many key splits fill the GPU
+    static const int bps = []() {
         int n = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem) != cudaSuccess || n < 1) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_fa_decode_kernel<KB, VB, D, RB>, TQ_FA_NT, 0) != cudaSuccess || n < 1) {
             (void) cudaGetLastError();
             n = 1;
         }
         return n;
     }();
-    return { kernel, 2 * TQ_FA_NT / (D / TQ_BLOCK), bps, threads, smem };
+    return { tq_fa_decode_kernel<KB, VB, D, RB>, 2 * TQ_FA_NT / (D / TQ_BLOCK), bps };
 }
 
 template <typename KB, typename VB, int D>
-static tq_fa_kernel_info tq_fa_info_rb(const int RB, const bool ws) {
+static tq_fa_kernel_info tq_fa_info_rb(const int RB) {
     switch (RB) {
-        case 1:  return tq_fa_info<KB, VB, D, 1, false>();
-        case 2:  return ws ? tq_fa_info<KB, VB, D, 2, true>() : tq_fa_info<KB, VB, D, 2, false>();
-        default: return ws ? tq_fa_info<KB, VB, D, 4, true>() : tq_fa_info<KB, VB, D, 4, false>();
+        case 1:  return tq_fa_info<KB, VB, D, 1>();
+        case 2:  return tq_fa_info<KB, VB, D, 2>();
+        default: return tq_fa_info<KB, VB, D, 4>();
     }
 }
 
 template <typename KB, typename VB>
-static tq_fa_kernel_info tq_fa_info_d(const int D, const int RB, const bool ws) {
+static tq_fa_kernel_info tq_fa_info_d(const int D, const int RB) {
     switch (D) {
-        case 64:  return tq_fa_info_rb<KB, VB,  64>(RB, ws);
-        case 128: return tq_fa_info_rb<KB, VB, 128>(RB, ws);
-        case 256: return tq_fa_info_rb<KB, VB, 256>(RB, ws);
-        default:  return { nullptr, 0, 0, 0, 0 };
+        case 64:  return tq_fa_info_rb<KB, VB,  64>(RB);
+        case 128: return tq_fa_info_rb<KB, VB, 128>(RB);
+        case 256: return tq_fa_info_rb<KB, VB, 256>(RB);
+        default:  return { nullptr, 0, 0 };
     }
 }
 
 // the compiled K/V pairs: each type with itself, and tq4 keys with tq3, tq2 or tq3t values
 static inline tq_fa_kernel_info tq_fa_info_types(const int k_bits, const int v_bits, const int k_tcq, const int v_tcq,
-                                                 const int D, const int RB, const bool ws) {
+                                                 const int D, const int RB) {
     if (k_tcq || v_tcq) {
-        if (k_tcq && v_tcq && k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3t, block_tq3t>(D, RB, ws);
-        if (!k_tcq && k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3t>(D, RB, ws);
-        return { nullptr, 0, 0, 0, 0 };
+        if (k_tcq && v_tcq && k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3t, block_tq3t>(D, RB);
+        if (!k_tcq && k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3t>(D, RB);
+        return { nullptr, 0, 0 };
     }
-    if (k_bits == 2 && v_bits == 2) return tq_fa_info_d<block_tq2, block_tq2>(D, RB, ws);
-    if (k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3, block_tq3>(D, RB, ws);
-    if (k_bits == 4 && v_bits == 4) return tq_fa_info_d<block_tq4, block_tq4>(D, RB, ws);
-    if (k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3>(D, RB, ws);
-    if (k_bits == 4 && v_bits == 2) return tq_fa_info_d<block_tq4, block_tq2>(D, RB, ws);
-    return { nullptr, 0, 0, 0, 0 };
+    if (k_bits == 2 && v_bits == 2) return tq_fa_info_d<block_tq2, block_tq2>(D, RB);
+    if (k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3, block_tq3>(D, RB);
+    if (k_bits == 4 && v_bits == 4) return tq_fa_info_d<block_tq4, block_tq4>(D, RB);
+    if (k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3>(D, RB);
+    if (k_bits == 4 && v_bits == 2) return tq_fa_info_d<block_tq4, block_tq2>(D, RB);
+    return { nullptr, 0, 0 };
 }
 
 static_assert(sizeof(block_tq3t) == sizeof(block_tq3), "a tq3t row is as long as a tq3 row");
@@ -1410,37 +948,33 @@ static inline int tq_fa_rows_per_block(const int n_rows, const int64_t base, con
 
 // Rows per block (tq_fa_rows_per_block), chunks, and key splits (tq_fa_tiles_per_split).
 // force_splits, force_rb: 0 = choose (the test harness sets them to reach every path); combine_tiles:
-// the combine's launch counted as that many tiles (tq_fa_tiles_per_split; 0 for A/B timing only);
-// ws: 0 keeps 2- and 4-row blocks on the one-group kernel (for A/B timing), otherwise they take the
-// two-group kernel
+// the combine's launch counted as that many tiles (tq_fa_tiles_per_split; 0 for A/B timing only)
 static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args & a, const int nsm, const int force_splits,
-                                                       const int force_rb = 0, const int combine_tiles = 1, const int ws = 1) {
+                                                       const int force_rb = 0, const int combine_tiles = 1) {
     tq_fa_decode_plan pl = {};
     const int G = a.n_q_heads / a.n_kv_heads;
     const int n_rows = G * a.n_tokens;
     const int64_t nsm1 = nsm > 0 ? nsm : 1;
     {
         // tiles of keys are as long for every RB (TK depends on D only)
-        const tq_fa_kernel_info k4 = tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, 4, ws != 0);
+        const tq_fa_kernel_info k4 = tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, 4);
         if (!k4.kernel) {
             return pl;
         }
         pl.RB = tq_fa_rows_per_block(n_rows, (int64_t) a.n_kv_heads * a.n_seq, (a.n_kv + k4.TK - 1) / k4.TK, [&](const int rb) {
-            return nsm1 * tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, rb, ws != 0).blocks_per_sm;
+            return nsm1 * tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, rb).blocks_per_sm;
         });
     }
     if (force_rb == 1 || force_rb == 2 || force_rb == 4) {
         pl.RB = force_rb;
     }
-    const tq_fa_kernel_info ki = tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, pl.RB, ws != 0);
+    const tq_fa_kernel_info ki = tq_fa_info_types(a.k_bits, a.v_bits, a.k_tcq, a.v_tcq, a.D, pl.RB);
     if (!ki.kernel) {
         return pl;
     }
     pl.kernel = ki.kernel;
     pl.TK = ki.TK;
     pl.blocks_per_sm = ki.blocks_per_sm;
-    pl.threads = ki.threads;
-    pl.smem = ki.smem;
     pl.n_chunks = (n_rows + pl.RB - 1) / pl.RB;
 
     const int ntiles = (a.n_kv + pl.TK - 1) / pl.TK;
@@ -1493,7 +1027,7 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.qscale = a.scale * TQ_FA_LOG2E;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
-    pl.kernel<<<grid, pl.threads, pl.smem, stream>>>(p);
+    pl.kernel<<<grid, TQ_FA_NT, 0, stream>>>(p);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || pl.n_splits == 1) {
         return err;
@@ -1522,7 +1056,7 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 // FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
 // else, which then takes the generic kernels. For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
 // TQ_CUDA_FA_RB=1|2|4 fixes its rows per block, TQ_CUDA_FA_COMBINE_TILES=0 splits short caches as if
-// the combine cost nothing, TQ_CUDA_FA_WS=0 keeps 2- and 4-row blocks on the one-group kernel.
+// the combine cost nothing.
 static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
@@ -1534,10 +1068,6 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
     }();
     static const int combine_tiles = []() {
         const char * e = getenv("TQ_CUDA_FA_COMBINE_TILES");
-        return e ? atoi(e) : 1;
-    }();
-    static const int ws = []() {
-        const char * e = getenv("TQ_CUDA_FA_WS");
         return e ? atoi(e) : 1;
     }();
     if (!enabled || dst->op != GGML_OP_FLASH_ATTN_EXT) {
@@ -1603,7 +1133,7 @@ static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx
         return false;
     }
 
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0, force_rb, combine_tiles, ws);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, ggml_cuda_info().devices[ctx.device].nsm, 0, force_rb, combine_tiles);
     if (!pl.kernel) {
         return false;
     }

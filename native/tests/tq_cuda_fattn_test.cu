@@ -5,8 +5,7 @@
 // (one line; libtq_native.a from cmake -S native):
 //   nvcc -arch=sm_90 -std=c++17 -O2 -use_fast_math -Inative/include -Inative/cuda native/tests/tq_cuda_fattn_test.cu libtq_native.a -o tq_cuda_fattn_test
 // Options: --quick (fewer, smaller cases; no timing), --plans-only (the key splits' and rows per block's choice, no GPU), --no-perf, --perf-only, --type T (time only T: tq2,
-// tq3, tq4 or tq3t; --bits B is --type tqB), --rb R (force R rows per block in the timing), --ws 0 (time the
-// one-group kernel where the plan takes the two-group one), --reps N,
+// tq3, tq4 or tq3t; --bits B is --type tqB), --rb R (force R rows per block in the timing), --reps N,
 // --seqs S --kv N (time S sequences of N keys each instead of one of 32768, as a server's batch reads them),
 // --splits N (force N key splits in the timing), --live N (the timing's mask shows each step only
 // its first N keys, as llama.cpp's padded cache does: a step at depth 0 sees 1-64 of 256).
@@ -280,19 +279,13 @@ static int g_nsm = 0;
 
 // the case at the plan's own rows per block and, where that is fewer, at the most rows too, so that
 // every RB reads short caches
-// every row count on both kernels: the plan's 2- and 4-row blocks run the two-group kernel, and
-// again the one-group kernel (ws 0)
-static bool run_case_rb(const tcase & c, int force_rb, int ws);
+static bool run_case_rb(const tcase & c, int force_rb);
 static bool run_case(const tcase & c) {
-    bool ok = true;
-    for (const int ws : { 1, 0 }) {
-        ok = run_case_rb(c, 0, ws) && ok;
-        ok = run_case_rb(c, tq_fa_rows_max(c.G * c.ntok), ws) && ok;
-    }
-    return ok;
+    const bool own = run_case_rb(c, 0);
+    return run_case_rb(c, tq_fa_rows_max(c.G * c.ntok)) && own;
 }
 
-static bool run_case_rb(const tcase & c, const int force_rb, const int ws) {
+static bool run_case_rb(const tcase & c, const int force_rb) {
     problem P;
     make(P, c);
     upload(P);
@@ -312,10 +305,10 @@ static bool run_case_rb(const tcase & c, const int force_rb, const int ws) {
         release(P);
         return false;
     }
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, g_nsm, c.splits, force_rb, 1, ws);
-    if ((force_rb && pl.RB == tq_fa_decode_make_plan(a, g_nsm, c.splits, 0, 1, ws).RB) || (ws == 0 && pl.RB == 1)) {
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a, g_nsm, c.splits, force_rb);
+    if (force_rb && pl.RB == tq_fa_decode_make_plan(a, g_nsm, c.splits).RB) {
         release(P);
-        return true; // the plan's own RB, or one row (one kernel): run once
+        return true; // the plan's own RB: run once
     }
     if (pl.RB == 1 && !P.k_dead.empty()) {
         // one-row blocks skip the dead tiles: give them NaN scales that any read would spread
@@ -344,8 +337,8 @@ static bool run_case_rb(const tcase & c, const int force_rb, const int ws) {
     }
     const double rel = maxref > 0 ? maxerr / maxref : maxerr;
     const bool ok = bad == 0 && rel < 1e-3;
-    printf("%s %s RB=%d%s chunks=%d splits=%d: max err %.2e (rel %.2e)%s\n", ok ? "PASS" : "FAIL", desc,
-           pl.RB, pl.threads > TQ_FA_NT ? " ws" : "", pl.n_chunks, pl.n_splits, maxerr, rel, bad ? " NaN/unwritten outputs" : "");
+    printf("%s %s RB=%d chunks=%d splits=%d: max err %.2e (rel %.2e)%s\n", ok ? "PASS" : "FAIL", desc,
+           pl.RB, pl.n_chunks, pl.n_splits, maxerr, rel, bad ? " NaN/unwritten outputs" : "");
     release(P);
     return ok;
 }
@@ -353,7 +346,6 @@ static bool run_case_rb(const tcase & c, const int force_rb, const int ws) {
 // decode over n_kv keys in each of nseq sequences, D 128, 8 KV heads, G 4, one token per sequence,
 // llama.cpp's interleaved cache layout
 static int g_force_rb = 0;
-static int g_ws = 1;     // --ws 0: the one-group kernel for 2- and 4-row blocks too
 static int g_force_splits = 0;
 static int g_reps = 100;
 static int g_live = 0; // keys a step sees (the rest masked, as the cells past the used ones); 0: all
@@ -397,7 +389,7 @@ static void perf(int id, int nkv, int nseq, int nbuf) {
         CK(cudaMemcpy(vb[n], P.v.data(), P.vbytes, cudaMemcpyHostToDevice));
     }
     const tq_fa_decode_args a0 = args_of(P, kb[0], vb[0]);
-    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a0, g_nsm, g_force_splits, g_force_rb, 1, g_ws);
+    const tq_fa_decode_plan pl = tq_fa_decode_make_plan(a0, g_nsm, g_force_splits, g_force_rb);
     float * scratch = nullptr;
     if (pl.scratch_floats) CK(cudaMalloc(&scratch, pl.scratch_floats * sizeof(float)));
 
@@ -414,11 +406,11 @@ static void perf(int id, int nkv, int nseq, int nbuf) {
     CK(cudaEventElapsedTime(&ms, e0, e1));
     const double us = 1e3 * ms / reps;
     const double bytes = (double) (P.kbytes + P.vbytes);
-    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d%s%s (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d%s chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
+    printf("perf %s/%s D=128 G=4 kvh=8 tok=1 kv=%d%s%s (%s): %.2f us, %.0f GB/s of K+V codes (%.1f MB), RB=%d chunks=%d splits=%d grid=%d blocks, %d blocks/SM\n",
            cd.name, cd.name, nkv, nseq > 1 ? (" seqs=" + std::to_string(nseq)).c_str() : "",
            g_live > 0 && g_live < nkv ? (" live=" + std::to_string(g_live)).c_str() : "",
            nbuf > 1 ? "rotating buffers, from device memory" : "same buffers, L2-resident if they fit",
-           us, bytes / us * 1e-3, bytes * 1e-6, pl.RB, pl.threads > TQ_FA_NT ? " ws" : "", pl.n_chunks, pl.n_splits, pl.n_chunks * c.nkvh * pl.n_splits * nseq, pl.blocks_per_sm);
+           us, bytes / us * 1e-3, bytes * 1e-6, pl.RB, pl.n_chunks, pl.n_splits, pl.n_chunks * c.nkvh * pl.n_splits * nseq, pl.blocks_per_sm);
 
     if (id == TQ3 && nbuf > 1) {
         // the copy bandwidth for the same byte count, from rotating buffers too
@@ -511,13 +503,12 @@ int main(int argc, char ** argv) {
         else if (!strcmp(argv[n], "--type") && n + 1 < argc) only = argv[++n];
         else if (!strcmp(argv[n], "--bits") && n + 1 < argc) { const int b = atoi(argv[++n]); only = b == 2 ? "tq2" : b == 3 ? "tq3" : b == 4 ? "tq4" : "?"; }
         else if (!strcmp(argv[n], "--rb") && n + 1 < argc) g_force_rb = atoi(argv[++n]);
-        else if (!strcmp(argv[n], "--ws") && n + 1 < argc) g_ws = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--reps") && n + 1 < argc) g_reps = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--seqs") && n + 1 < argc) perf_seqs = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--splits") && n + 1 < argc) g_force_splits = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--kv") && n + 1 < argc) perf_kv = atoi(argv[++n]);
         else if (!strcmp(argv[n], "--live") && n + 1 < argc) g_live = atoi(argv[++n]);
-        else { printf("usage: %s [--quick] [--plans-only] [--no-perf] [--perf-only] [--type tq2|tq3|tq4|tq3t] [--bits 2|3|4] [--rb 1|2|4] [--ws 0|1] [--reps N] [--seqs S] [--kv N] [--live N] [--splits N]\n", argv[0]); return 2; }
+        else { printf("usage: %s [--quick] [--plans-only] [--no-perf] [--perf-only] [--type tq2|tq3|tq4|tq3t] [--bits 2|3|4] [--rb 1|2|4] [--reps N] [--seqs S] [--kv N] [--live N] [--splits N]\n", argv[0]); return 2; }
     }
     if (only) {
         int known = 0;
