@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tq_llamacpp.data import calib_dir
+from tq_llamacpp.data import calib_dir, text_path
 
 pytestmark = pytest.mark.model
 EXE = shutil.which("tq-llama")
@@ -35,6 +35,42 @@ def test_compare_writes_table_json_and_plot(tmp_path):
     data = json.loads((out / "compare.json").read_text())
     assert [r["type"] for r in data["results"]] == ["tq4", "q8_0/tq3"]
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fresh_text(tmp_path):
+    # a text of its own, so that the f16 reference (cached per model, text, ctx and chunks) runs here
+    t = tmp_path / "text.txt"
+    t.write_text(text_path("pride-and-prejudice").read_text(encoding="utf-8")[20000:60000], encoding="utf-8")
+    return t
+
+
+def test_compare_kv_options_bits(tmp_path):
+    # bits=2.5 on tq2ts moves K of layers 0-21 of SmolLM2's 30 to tq3ts: K (22 x 3.125 + 8 x 2.125) / 30,
+    # V 2.125, 2.49 bits per value on average; the f16 reference takes no per-layer types
+    proc = subprocess.run([EXE, "compare", "--types", "tq2ts", "--kv-options", "bits=2.5", "--ctx", "256",
+                           "--chunks", "1", "--text", str(_fresh_text(tmp_path)), "--out", str(tmp_path / "cmp")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tq2ts [bits=2.5] | 2.49 |" in proc.stdout
+    assert "--kv-options 'bits=2.5'" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_compare_bits_from_the_environment_leaves_the_reference_f16(tmp_path):
+    env = dict(os.environ, LLAMA_KV_BITS="2.5")
+    proc = subprocess.run([EXE, "compare", "--types", "tq2ts", "--ctx", "256", "--chunks", "1",
+                           "--text", str(_fresh_text(tmp_path)), "--out", str(tmp_path / "cmp")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tq2ts | 2.49 |" in proc.stdout
+
+
+def test_compare_kv_options_a_type_cannot_take():
+    # refused before any run, naming the type
+    proc = subprocess.run([EXE, "compare", "--types", "tq2ts,q8_0", "--kv-options", "bits=2.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cache q8_0: " in proc.stderr and "needs a K cache of tq2" in proc.stderr
+    assert "f16 reference" not in proc.stderr
 
 
 def test_compare_bad_type_names_the_problem():

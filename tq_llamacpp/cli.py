@@ -57,6 +57,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=512, help="context length per chunk (default: 512)")
     p.add_argument("--chunks", type=int, default=20, help="chunks of the text to score (default: 20)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--kv-options", metavar="OPTS", default=None,
+                   help='KV-cache options for every compared type (not the f16 reference), as Llama\'s kv_options '
+                   'string, e.g. "bits=2.5" with --types tq2ts')
     p.add_argument("--out", default="tq-compare", metavar="DIR",
                    help="folder for compare.md, compare.json and compare.png (default: ./tq-compare)")
 
@@ -70,14 +73,16 @@ def _compare(args: argparse.Namespace) -> int:
     model = _resolve_model(args.model)
     text = Path(args.text) if args.text else text_path("pride-and-prejudice")
     types = [t.strip() for t in args.types.split(",") if t.strip()]
-    results = cmp.compare(model, text, types, ctx=args.ctx, chunks=args.chunks, threads=args.threads, progress=True)
+    results = cmp.compare(model, text, types, ctx=args.ctx, chunks=args.chunks, threads=args.threads, progress=True,
+                          kv_options=args.kv_options)
     title = f"{model.name}, {text.name}, ctx {args.ctx}, {args.chunks} chunks"
+    opts = f" --kv-options '{args.kv_options}'" if args.kv_options else ""
     how = (f"Measured {cmp.now_stamp()} with `tq-llama compare --types {args.types} --ctx {args.ctx} "
-           f"--chunks {args.chunks}` (llama-perplexity --kl-divergence against an f16 cache, -fa on).")
+           f"--chunks {args.chunks}{opts}` (llama-perplexity --kl-divergence against an f16 cache, -fa on).")
     print(cmp.markdown(results, title))
     for path in cmp.write_outputs(results, Path(args.out), {"title": title, "how": how, "model": str(model),
                                                             "text": str(text), "ctx": args.ctx,
-                                                            "chunks": args.chunks}):
+                                                            "chunks": args.chunks, "kv_options": args.kv_options}):
         print(f"wrote {path}")
     return 0
 

@@ -14,13 +14,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from ._libs import tool
 from ._progress import Progress
 from .cache_types import pair_name
 from .data import cache_dir, calib_dir
-from .llama import check_cache_types, kv_bytes, parse_spec
+from .llama import check_cache_types, kv_bytes, kv_options_string, parse_spec
 
 
 @dataclass
@@ -71,6 +71,22 @@ def tool_env(env: Optional[dict] = None) -> dict:
     return env
 
 
+# per-layer types, which an f16 reference cache does not take from the environment
+_LAYER_ENV = ("LLAMA_KV_LAYERS", "LLAMA_KV_BITS")
+
+
+def option_env(kv_options: Union[None, str, dict] = None) -> dict[str, str]:
+    """KV-cache options (Llama's kv_options: "key=value,..." or a dict) as the environment variables
+    a llama.cpp tool reads, LLAMA_KV_<KEY>; checked first, as a context checks them."""
+    text = kv_options_string(None, kv_options)
+    env = {}
+    for item in text.split(","):
+        if item.strip():
+            key, _, value = item.partition("=")
+            env["LLAMA_KV_" + key.strip().upper()] = value.strip()
+    return env
+
+
 def _run(cmd: Sequence[str], label: str, chunks: int, progress: bool, env: Optional[dict] = None) -> str:
     """Run llama-perplexity, showing its chunks on a progress bar; return its whole output."""
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -108,14 +124,26 @@ def _base_file(model: Path, text: Path, ctx: int, chunks: int, exe: Path) -> Pat
 
 def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunks: int = 20,
             threads: Optional[int] = None, progress: bool = False,
-            extra_args: Sequence[str] = ()) -> list[Result]:
-    """KLD, PPL and speed of each cache type (or K/V pair) against the f16 cache."""
+            extra_args: Sequence[str] = (), kv_options: Union[None, str, dict] = None) -> list[Result]:
+    """KLD, PPL and speed of each cache type (or K/V pair) against the f16 cache. kv_options (as
+    Llama's) apply to every compared type, on top of the LLAMA_KV_* environment; the f16 reference
+    takes no per-layer types (LLAMA_KV_LAYERS, LLAMA_KV_BITS) from either."""
     model, text = Path(model), Path(text)
     if not text.is_file():
         raise FileNotFoundError(f"text file not found: {text}")
+    opt_env = option_env(kv_options)
+    options = kv_options_string(None, kv_options)
     pairs = [parse_spec(t) for t in types]
+    # every type's cache sized before any run: options a type cannot take (per-layer types on a cache
+    # that is not tq) fail here, naming the type
+    f16_size = kv_bytes(model, "f16", "f16", n_ctx=ctx, kv_options={"layers": "", "bits": 0})
+    sizes = []
     for k, v, _ in pairs:
         check_cache_types(model, k, v)
+        try:
+            sizes.append(kv_bytes(model, k, v, n_ctx=ctx, kv_options=options or None))
+        except ValueError as e:
+            raise type(e)(f"cache {pair_name(k, v)}: {e}") from None
     threads = threads or os.cpu_count() or 1
     exe = str(tool("llama-perplexity"))
     common = [exe, "-m", str(model), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks), "-t", str(threads),
@@ -125,15 +153,16 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
     base_ppl = None
     if not base.exists():
         tmp = base.with_suffix(".tmp")
+        ref_env = {key: val for key, val in os.environ.items() if key not in _LAYER_ENV}
         out = _run(common + ["-ctk", "f16", "-ctv", "f16", "--kl-divergence-base", str(tmp)], "f16 reference",
-                   chunks, progress)
+                   chunks, progress, ref_env)
         tmp.replace(base)
         base_ppl = parse_output(out)["ppl_final"]
-    for k, v, center in pairs:
-        label = pair_name(k, v) + (f"@{center}" if center else "")
-        env = None
+    for (k, v, center), size in zip(pairs, sizes):
+        label = pair_name(k, v) + (f"@{center}" if center else "") + (f" [{options}]" if options else "")
+        env = dict(os.environ, **opt_env)
         if center is not None:
-            env = dict(os.environ, LLAMA_KV_CENTER=center)
+            env["LLAMA_KV_CENTER"] = center
         out = _run(common + ["-ctk", k.name, "-ctv", v.name, "--kl-divergence-base", str(base), "--kl-divergence"],
                    label, chunks, progress, env)
         r = parse_output(out)
@@ -142,8 +171,8 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
             raise RuntimeError(f"could not read the perplexity of {label} from llama-perplexity's output")
         results.append(Result(
             type=label,
-            bits_per_value=(k.bits_per_value + v.bits_per_value) / 2,
-            kv_mib=kv_bytes(model, k, v, n_ctx=ctx) / 2**20,
+            bits_per_value=16.0 * size / f16_size,  # with per-layer types, the average over the cache
+            kv_mib=size / 2**20,
             ppl=ppl,
             kld_mean=r["kld_mean"],
             kld_999=r["kld_999"],
