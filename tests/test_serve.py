@@ -4,6 +4,7 @@ llama-cpp-python's prompt reuse and its RAM state cache; every answer equal to t
 tq_llamacpp.Llama in this process. Bad requests and bad settings get clear errors."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,14 +32,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def _serving(log, *serve_args):
+    """`tq-llama serve` on smollm2 with SETTINGS and serve_args, started and answering; (base URL, log)."""
     if EXE is None:
         pytest.fail("the tq-llama console script is not on PATH: install the package")
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    args = [EXE, "serve", "--model", str(model_path("smollm2")), "--type-k", "tq4", "--type-v", "tq3",
-            "--host", "127.0.0.1", "--port", str(port), "--cache", "true", "--cache-type", "ram", "--verbose", "true"]
+    args = [EXE, "serve", "--model", str(model_path("smollm2")), "--host", "127.0.0.1", "--port", str(port),
+            "--verbose", "true", *serve_args]
     args += [a for k, v in SETTINGS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
@@ -64,6 +65,13 @@ def server(tmp_path_factory):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with _serving(tmp_path_factory.mktemp("serve") / "server.log", "--type-k", "tq4", "--type-v", "tq3",
+                  "--cache", "true", "--cache-type", "ram") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +147,29 @@ def test_bad_request_is_an_error_not_a_crash(server):
         assert r.status == 200
 
 
+def test_kv_options_reach_the_servers_model(tmp_path):
+    """--kv-options are the model's kv_options: bits=2.5 on a tq2ts cache puts K of SmolLM2's layers 0-21
+    in tq3ts (the line llama.cpp logs when it builds the cache), and the server answers as Llama with
+    the same options in this process."""
+    with _serving(tmp_path / "server.log", "--type-k", "tq2ts", "--type-v", "tq2ts", "--kv-options", "bits=2.5") \
+            as (base, log):
+        from openai import OpenAI
+
+        answer = _ask(OpenAI(base_url=base + "/v1", api_key="unused", timeout=300), FIRST)
+        assert "KV-cache option bits=2.5: K of layers 0-21 in tq3ts" in log.read_text(), log.read_text()[-3000:]
+    from tq_llamacpp import Llama
+
+    llm = Llama(model_path("smollm2"), type_k="tq2ts", type_v="tq2ts", kv_options="bits=2.5", verbose=False, **SETTINGS)
+    try:
+        assert answer.strip() and answer == _ask_local(llm, FIRST)
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--type-k", "tq9"], "unknown KV cache type 'tq9'"),
+    (["--type-k", "q8_0", "--kv-options", "bits=2.5"], "needs a K cache of tq2"),
+    (["--kv-options", "layers=k99:tq4"], "--kv-options 'layers=k99:tq4'"),
     (["--type-v", "tq3", "--flash-attn", "false"], "needs flash attention"),
     (["--model", "/nonexistent.gguf"], "model file not found: /nonexistent.gguf"),
     (["--n-ctx", "-5"], "n_ctx"),

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from .llama import Llama, check_cache_types, llama_cpp
+from .llama import Llama, check_cache_types, kv_bytes, llama_cpp
 
-_OURS = {"type_k", "type_v", "flash_attn", "model"}
+_OURS = {"type_k", "type_v", "flash_attn", "model", "kv_options"}
 
 
 def _bool(text: str) -> bool:
@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="V cache type, as --type-k (default: tq3)")
     p.add_argument("--flash-attn", "--flash_attn", dest="flash_attn", type=_bool, default=None,
                    help="flash attention (default: on when the cache needs it, i.e. a tq K or a quantized V)")
+    p.add_argument("--kv-options", "--kv_options", dest="kv_options", metavar="OPTS", default=None,
+                   help='KV-cache options, as Llama\'s kv_options string: e.g. "bits=2.5" with --type-k tq2ts '
+                   '--type-v tq2ts, or "layers=k10:tq4" (README, Python)')
     group = p.add_argument_group("llama_cpp.server settings (python -m llama_cpp.server --help)")
     for name, field in Settings.model_fields.items():
         if name in _OURS:
@@ -73,6 +76,11 @@ def settings_from_args(args: argparse.Namespace, model_path: str):
     flash_attn = needs_fa if args.flash_attn is None else args.flash_attn
     if needs_fa and not flash_attn:
         raise ValueError(f"the {k.name}/{v.name} cache needs flash attention: drop --flash-attn false")
+    if args.kv_options:
+        try:  # the options and the per-layer types they give, as a context checks them
+            kv_bytes(model_path, k, v, kv_options=args.kv_options)
+        except ValueError as e:
+            raise ValueError(f"--kv-options {args.kv_options!r}: {e}") from None
     values = {n: x for n, x in vars(args).items() if x is not None and n not in _OURS}
     if values.get("rpc_servers") is not None:
         from .rpc import check_servers, parse_endpoints  # noqa: PLC0415
@@ -85,12 +93,23 @@ def settings_from_args(args: argparse.Namespace, model_path: str):
     return server, model
 
 
-def create_app(server_settings, model_settings: Optional[list] = None):
-    """llama_cpp.server's FastAPI app, its models built as tq_llamacpp.Llama (see the module doc),
-    and a request body that does not fit the endpoint answered 400 (llama_cpp.server answers 500)."""
+def _with_kv_options(kv_options: str) -> type:
+    # llama_cpp.server's ModelSettings have no field for them: every model it builds gets them here
+    class LlamaWithKVOptions(Llama):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("kv_options", kv_options)
+            super().__init__(*args, **kwargs)
+
+    return LlamaWithKVOptions
+
+
+def create_app(server_settings, model_settings: Optional[list] = None, kv_options: Optional[str] = None):
+    """llama_cpp.server's FastAPI app, its models built as tq_llamacpp.Llama (see the module doc)
+    with kv_options, and a request body that does not fit the endpoint answered 400
+    (llama_cpp.server answers 500)."""
     from llama_cpp.server.app import create_app as _create_app  # noqa: PLC0415
 
-    llama_cpp.Llama = Llama
+    llama_cpp.Llama = _with_kv_options(kv_options) if kv_options else Llama
     app = _create_app(server_settings=server_settings, model_settings=model_settings)
     app.middleware("http")(_invalid_request_is_400)
     return app
@@ -122,7 +141,7 @@ def serve(args: argparse.Namespace, model_path: str) -> int:
     import uvicorn  # noqa: PLC0415
 
     server, model = settings_from_args(args, model_path)
-    app = create_app(server, [model])
+    app = create_app(server, [model], kv_options=args.kv_options)
     uvicorn.run(app, host=server.host, port=server.port, ssl_keyfile=server.ssl_keyfile,
                 ssl_certfile=server.ssl_certfile)
     return 0
