@@ -83,6 +83,16 @@ def test_compare_missing_model():
     assert proc.returncode != 0 and "model file not found: /nonexistent.gguf" in proc.stderr
 
 
+def test_chat_takes_kv_options():
+    proc = subprocess.run([EXE, "chat", "--type-k", "tq2ts", "--type-v", "tq2ts", "--kv-options", "bits=2.5",
+                           "--max-tokens", "4", "--ctx", "512"], input="Hi.\n/exit\n", capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([EXE, "chat", "--kv-options", "bits=lots"], input="/exit\n", capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "bits must be a number of bits per value" in proc.stderr, proc.stderr[-3000:]
+
+
 def test_chat_streams_a_reply():
     proc = subprocess.run([EXE, "chat", "--seed", "1", "--max-tokens", "12", "--ctx", "512"],
                           input="Say hello.\n/exit\n", capture_output=True, text=True, timeout=300)

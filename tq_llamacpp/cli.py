@@ -94,6 +94,8 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=4096, help="context length (default: 4096)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--max-tokens", type=int, default=512, help="longest reply (default: 512)")
+    p.add_argument("--kv-options", metavar="OPTS", default=None,
+                   help='KV-cache options, as Llama\'s kv_options string, e.g. "bits=2.5" with --type-k tq2ts --type-v tq2ts')
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -102,7 +104,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     kw = {} if args.seed is None else {"seed": args.seed}
     llm = Llama(_resolve_model(args.model), type_k=args.type_k, type_v=args.type_v, n_ctx=args.ctx,
-                verbose=False, **kw)
+                kv_options=args.kv_options, verbose=False, **kw)
     print(f"chat with {llm.metadata.get('general.name', 'the model')} (KV cache {args.type_k}/{args.type_v}); "
           "/exit or Ctrl-D ends it", file=sys.stderr)
     chat(llm, max_tokens=args.max_tokens)
