@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import machine  # noqa: E402
 
 from tq_llamacpp._libs import tool  # noqa: E402
-from tq_llamacpp.compare import tool_env  # noqa: E402
+from tq_llamacpp.compare import option_env, tool_env  # noqa: E402
 from tq_llamacpp.data import model_path  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     for _ in range(a.rounds):
         for t in types:
             name, *opts = t.split(":")
-            env = tool_env(dict(os.environ, **{"LLAMA_KV_" + k.upper(): v for k, v in (o.split("=", 1) for o in opts)}))
+            env = tool_env(dict(os.environ, **option_env(",".join(opts))))
             cmd = [tool("llama-bench"), "-m", model, "-fa", "1", "-t", str(a.threads), "-p", "0", "-n", "64",
                    "-d", a.depths, "-ctk", name, "-ctv", name, "-r", "1", "-o", "json"]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/", env=env).stdout

@@ -78,9 +78,8 @@ _LAYER_ENV = ("LLAMA_KV_LAYERS", "LLAMA_KV_BITS")
 def option_env(kv_options: Union[None, str, dict] = None) -> dict[str, str]:
     """KV-cache options (Llama's kv_options: "key=value,..." or a dict) as the environment variables
     a llama.cpp tool reads, LLAMA_KV_<KEY>; checked first, as a context checks them."""
-    text = kv_options_string(None, kv_options)
     env = {}
-    for item in text.split(","):
+    for item in kv_options_string(None, kv_options).split(","):
         if item.strip():
             key, _, value = item.partition("=")
             env["LLAMA_KV_" + key.strip().upper()] = value.strip()
@@ -131,8 +130,8 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
     model, text = Path(model), Path(text)
     if not text.is_file():
         raise FileNotFoundError(f"text file not found: {text}")
-    opt_env = option_env(kv_options)
     options = kv_options_string(None, kv_options)
+    opt_env = option_env(options)
     pairs = [parse_spec(t) for t in types]
     # every type's cache sized before any run: options a type cannot take (per-layer types on a cache
     # that is not tq) fail here, naming the type

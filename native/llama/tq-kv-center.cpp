@@ -150,10 +150,10 @@ std::string tq_kv_resolve_bits(tq_kv_options & o, ggml_type tk, ggml_type tv, co
         }
         const std::vector<int64_t> & vals = is_k ? k_vals : v_vals;
         for (size_t il = 0; il < vals.size(); ++il) {
-            const double more = (double) vals[il] * (tq_bits_per_value(up) - tq_bits_per_value(t));
             if (vals[il] == 0) {
                 continue;
             }
+            const double more = (double) vals[il] * (tq_bits_per_value(up) - tq_bits_per_value(t));
             if (sum + more > cap) {
                 return "";
             }
