@@ -45,7 +45,9 @@
 // per scheduler (2 blocks of ~190 registers per SM), 0.88 of them eligible, an instruction every
 // 1.7 cycles. Fewer instructions did not help: both products on the tensor cores (f16 mma, the
 // centroids looked up by byte permutes; git log --grep "tensor cores") issue fewer but chain them
-// longer, and measured 54 us; with tf32 split in three for float accuracy, no faster either.
+// longer, and measured 54 us; with tf32 split in three for float accuracy, no faster either. (These
+// figures are of the harness as built before native/CMakeLists.txt named sm_90 in time: compute_75
+// PTX, whose tile copies take the synchronous fallback below, not cp.async.)
 //
 // The raw launcher (tq_fa_decode_launch) takes plain pointers, byte strides and a stream, so
 // native/tests/tq_cuda_fattn_test.cu runs it without ggml; fattn.cu defines TQ_FA_DECODE_GGML
