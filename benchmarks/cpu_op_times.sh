@@ -12,16 +12,21 @@ cd "$(dirname "$0")/.."
 types=${1:-f16 tq3 q4_0}
 b=${TQ_OPTIME_BUILD:-/tmp/tq-optime}
 [ -f .tqdev/llama.cpp/CMakeLists.txt ] || scripts/gpu-tree.sh
-if [ ! -x "$b/build/bin/llama-bench" ]; then
+# the patched tree with the timer, copied again whenever the tree or the diff is newer than the copy;
+# the build is incremental either way, so native/ changes are always in it
+if [ ! -f "$b/src/.stamp" ] || [ -n "$(find .tqdev/llama.cpp benchmarks/cpu/op_timer.diff -newer "$b/src/.stamp" -print -quit)" ]; then
     rm -rf "$b/src"
     mkdir -p "$b"
     cp -a .tqdev/llama.cpp "$b/src"
     patch -d "$b/src" -p1 -s < benchmarks/cpu/op_timer.diff
+    touch "$b/src/.stamp"
+fi
+if [ ! -f "$b/build/CMakeCache.txt" ]; then
     gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
     cmake -S benchmarks/gpu -B "$b/build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=OFF \
         -DTQ_LLAMA_SOURCE_DIR="$b/src" -DGGML_NATIVE=ON > "$b/configure.log"
-    cmake --build "$b/build" -j "${JOBS:-2}" --target llama-bench > "$b/build.log"
 fi
+cmake --build "$b/build" -j "${JOBS:-2}" --target llama-bench > "$b/build.log"
 bench=$(find "$b/build" -name llama-bench -type f -perm -u+x | head -1)
 model=${MODEL:-smollm2}
 # from outside the checkout, so that the installed package is the one imported
