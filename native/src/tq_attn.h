@@ -15,6 +15,11 @@
  *   attn_scale(acc, s, n)                acc[i] *= s
  *   attn_exp(p, nt, m)                   (optional, TQ_ATTN_HAVE_EXP) p[j] = exp(p[j] - m) for j < nt,
  *                                        0 for a key at -inf, NaN for a NaN score; returns their sum
+ *   attn_mask(m, slope, nt, out)         (optional, TQ_ATTN_HAVE_MASK) out[j] = slope * m[j] (fp16) for
+ *                                        j < nt; returns the bits j of the keys not at -inf
+ *   attn_scores(sk, sb, mv, nt, scale, p) (optional, TQ_ATTN_HAVE_SCORES) p[j] = (sk[j] (+ sb[j] if
+ *                                        sb)) * scale + mv[j], -inf where mv[j] is; returns the
+ *                                        largest p[j] that is not NaN (-inf if none)
  * Keys go TQ_ATTN_TILE at a time: the tile's K rows are decoded once and scored by every query
  * row, each row's softmax weights found with one rescale per tile (not one per key), then the
  * tile's V rows decoded once and accumulated into every row. A key that every row masks out
@@ -41,21 +46,55 @@ static inline float attn_exp(float *p, int nt, float m) {
 }
 #endif
 
-/* n values (n % TQ_BLOCK == 0) of one coded row to f32 */
-static inline void attn_decode(int type, const void *row, float *out, int n) {
+#ifndef TQ_ATTN_HAVE_MASK
+static inline unsigned attn_mask(const uint16_t *m, float slope, int nt, float *out) {
+    unsigned live = 0;
+    for (int j = 0; j < nt; j++) {
+        out[j] = slope * tq_fp16_to_fp32(m[j]);
+        live |= (unsigned)(out[j] != -INFINITY) << j;
+    }
+    return live;
+}
+#endif
+
+#ifndef TQ_ATTN_HAVE_SCORES
+static inline float attn_scores(const float *sk, const float *sb, const float *mv, int nt, float scale, float *p) {
+    float mt = -INFINITY;
+    for (int j = 0; j < nt; j++) {
+        const float s = (sb ? sk[j] + sb[j] : sk[j]) * scale + mv[j];
+        p[j] = mv[j] == -INFINITY ? -INFINITY : s;
+        if (p[j] > mt) mt = p[j];
+    }
+    return mt;
+}
+#endif
+
+/* the decoder of a row type: the file's own (TQ_ATTN_OWN_DECODERS) or the active table's; found
+ * once per call, not once per row */
+static inline tq_dequantize_fn attn_decoder(int type) {
 #ifdef TQ_ATTN_OWN_DECODERS
     switch (type) {
-    case TQ_TYPE_TQ2: dequantize_tq2(row, out, (size_t)n / TQ_BLOCK); return;
-    case TQ_TYPE_TQ3: dequantize_tq3(row, out, (size_t)n / TQ_BLOCK); return;
-    case TQ_TYPE_TQ4: dequantize_tq4(row, out, (size_t)n / TQ_BLOCK); return;
-    case TQ_TYPE_TQ2T: dequantize_tq2t(row, out, (size_t)n / TQ_BLOCK); return;
-    case TQ_TYPE_TQ3T: dequantize_tq3t(row, out, (size_t)n / TQ_BLOCK); return;
-    case TQ_TYPE_TQ2TS: dequantize_tq2ts(row, out, (size_t)n / TQ_BLOCK); return;
-    case TQ_TYPE_TQ3TS: dequantize_tq3ts(row, out, (size_t)n / TQ_BLOCK); return;
+    case TQ_TYPE_TQ2: return dequantize_tq2;
+    case TQ_TYPE_TQ3: return dequantize_tq3;
+    case TQ_TYPE_TQ4: return dequantize_tq4;
+    case TQ_TYPE_TQ2T: return dequantize_tq2t;
+    case TQ_TYPE_TQ3T: return dequantize_tq3t;
+    case TQ_TYPE_TQ2TS: return dequantize_tq2ts;
+    case TQ_TYPE_TQ3TS: return dequantize_tq3ts;
     default: break;
     }
 #endif
-    tq_active_kernels()->dequantize[type](row, out, (size_t)n / TQ_BLOCK);
+    return tq_active_kernels()->dequantize[type];
+}
+
+/* the tile's nt rows of n values from row j0 on: the live ones (bit j of live) decoded, the others
+ * zeros (their scores are summed with the rest: not whatever the stack held) */
+static inline void attn_decode_tile(tq_dequantize_fn decode, const char *base, size_t stride, int64_t j0,
+                                    unsigned live, int nt, float *out, int n) {
+    for (int j = 0; j < nt; j++) {
+        if (live >> j & 1u) decode(base + (size_t)(j0 + j) * stride, out + (size_t)j * n, (size_t)n / TQ_BLOCK);
+        else memset(out + (size_t)j * n, 0, sizeof(float) * (size_t)n);
+    }
 }
 
 static void TQ_ATTN_NAME(const tq_attn_args *a) {
@@ -90,49 +129,51 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
         lo -= lo % tile;
     }
 
+    const tq_dequantize_fn decode_k = attn_decoder(a->k_type), decode_v = attn_decoder(a->v_type);
+    const float scale = a->scale, softcap = a->softcap;
+    const float *kb = a->kb;
     for (int64_t j0 = lo; j0 < hi; j0 += tile) {
         int nt = a->n_kv - j0 < tile ? (int)(a->n_kv - j0) : tile;
         /* mv[r][j]: row r's mask term for key j0 + j (rows of one query position share a mask
-         * row: converted once); live[j]: some row attends to the key */
-        int live[TQ_ATTN_TILE] = {0}, last = -1;
+         * row: converted once); bit j of live: some row attends to the key */
+        unsigned live = 0;
         for (int r = 0; r < nr; r++) {
             if (r > 0 && a->mask[r] == a->mask[r - 1] && a->slope[r] == a->slope[r - 1]) {
                 memcpy(mv[r], mv[r - 1], sizeof mv[r]);
                 continue;
             }
-            for (int j = 0; j < nt; j++) {
-                mv[r][j] = a->mask[r] ? a->slope[r] * tq_fp16_to_fp32(a->mask[r][j0 + j]) : 0.0f;
-                live[j] |= mv[r][j] != -INFINITY;
+            if (a->mask[r]) {
+                live |= attn_mask(a->mask[r] + j0, a->slope[r], nt, mv[r]);
+            } else {
+                memset(mv[r], 0, sizeof mv[r]);
+                live |= (1u << nt) - 1u;
             }
         }
-        for (int j = 0; j < nt; j++)
-            if (live[j]) last = j;
         /* the keys after the tile's last live one are left out (a cache's cells past the used ones
          * are masked: most tiles of a short context); one no row attends to before it is not
-         * decoded, but the tile's scores are summed for every key: its row holds zeros, not
-         * whatever the stack held */
-        if (last < 0) continue;
-        nt = last + 1;
-        for (int j = 0; j < nt; j++) {
-            if (live[j]) attn_decode(a->k_type, k + (size_t)(j0 + j) * a->k_stride, kt + j * dk, dk);
-            else memset(kt + j * dk, 0, sizeof(float) * dk);
-        }
+         * decoded */
+        if (live == 0) continue;
+        nt = 32 - __builtin_clz(live);
+        attn_decode_tile(decode_k, k, a->k_stride, j0, live, nt, kt, dk);
 
         for (int r = 0; r < nr; r++) {
             float sk[TQ_ATTN_TILE], sb[TQ_ATTN_TILE];
             attn_dots(a->q[r], kt, (size_t)dk * sizeof(float), nt, dk, sk);
-            if (a->kb) attn_dots(a->qb[r], (const float *)((const char *)a->kb + (size_t)j0 * a->kb_stride), a->kb_stride, nt, a->nb, sb);
-            float mt = -INFINITY;
-            for (int j = 0; j < nt; j++) {
-                if (mv[r][j] == -INFINITY) {
-                    p[r][j] = -INFINITY;
-                    continue;
+            if (kb) attn_dots(a->qb[r], (const float *)((const char *)kb + (size_t)j0 * a->kb_stride), a->kb_stride, nt, a->nb, sb);
+            float mt;
+            if (softcap == 0.0f) {
+                mt = attn_scores(sk, kb ? sb : NULL, mv[r], nt, scale, p[r]);
+            } else {
+                mt = -INFINITY;
+                for (int j = 0; j < nt; j++) {
+                    if (mv[r][j] == -INFINITY) {
+                        p[r][j] = -INFINITY;
+                        continue;
+                    }
+                    const float s = softcap * tanhf((kb ? sk[j] + sb[j] : sk[j]) * scale) + mv[r][j];
+                    p[r][j] = s;
+                    if (s > mt) mt = s;
                 }
-                float s = (a->kb ? sk[j] + sb[j] : sk[j]) * a->scale;
-                if (a->softcap != 0.0f) s = a->softcap * tanhf(s);
-                s += mv[r][j];
-                p[r][j] = s;
-                if (s > mt) mt = s;
             }
             if (mt > a->M[r]) { /* a new maximum: rescale what this row holds */
                 if (a->M[r] != -INFINITY) {
@@ -145,8 +186,7 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
             a->S[r] += attn_exp(p[r], nt, a->M[r]);
         }
 
-        for (int j = 0; j < nt; j++)
-            if (live[j]) attn_decode(a->v_type, v + (size_t)(j0 + j) * a->v_stride, vt + j * dv, dv);
+        attn_decode_tile(decode_v, v, a->v_stride, j0, live, nt, vt, dv);
         for (int r = 0; r < nr; r++) attn_accum(a->acc + (size_t)r * dv, p[r], vt, nt, dv);
     }
 }

@@ -241,12 +241,35 @@ static void quantize_tq4(const float *x, void *vy, size_t nb) {
 
 /* ---- dequantize and dot ---- */
 
+/* The 2- and 3-bit codes straight into int32 lanes, 8 values at a time, looked up with one
+ * cross-lane permute in a table already multiplied by the scale (d * c, the same product the
+ * multiply after the lookup rounds): value j's 2 low bits are bits 2(j / 16) of qs[j % 16], its
+ * high bit is bit j / 8 of qh[j % 8], so qs's two halves and qh widen to int32 once and each
+ * group of 8 is a shift and a mask of one of them. Fewer shuffles than lookup16's byte planes,
+ * which the 16 entries of 4 bits still take. The scale converts with F16C: exact, as
+ * tq_fp16_to_fp32 is. */
 static inline void dequant_block(int bits, tq_half dh, const uint8_t *qs, const uint8_t *qh, float *out) {
-    __m256i c[2];
-    unpack(bits, qs, qh, c);
-    const __m256 d = _mm256_set1_ps(tq_fp16_to_fp32(dh));
-    lookup16(planes_for(bits), c[0], d, out);
-    lookup16(planes_for(bits), c[1], d, out + 32);
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(dh));
+    if (bits == 4) {
+        __m256i c[2];
+        unpack(bits, qs, qh, c);
+        lookup16(planes_for(bits), c[0], d, out);
+        lookup16(planes_for(bits), c[1], d, out + 32);
+        return;
+    }
+    __m256 t_lo, t_hi;
+    tables(bits, &t_lo, &t_hi);
+    const __m256 t = _mm256_mul_ps(d, t_lo);
+    const __m256i low = _mm256_set1_epi32(3), high = _mm256_set1_epi32(4);
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    const __m256i h = bits == 3 ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qh)) : _mm256_setzero_si256();
+    for (int g = 0; g < 8; g++) {
+        __m256i c = _mm256_and_si256(_mm256_srli_epi32(g & 1 ? b1 : b0, 2 * (g >> 1)), low);
+        if (bits == 3)
+            c = _mm256_or_si256(c, _mm256_and_si256(g < 2 ? _mm256_slli_epi32(h, 2 - g) : _mm256_srli_epi32(h, g - 2), high));
+        _mm256_storeu_ps(out + 8 * g, _mm256_permutevar8x32_ps(t, c));
+    }
 }
 
 /* d * sum q[i] * c[i]: the block's centroids decoded as dequantize does (lookup16, here times 1),
@@ -263,7 +286,7 @@ static inline __m256 dot_block(int bits, tq_half dh, const uint8_t *qs, const ui
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g), _mm256_load_ps(x + 8 * g), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * g + 8), _mm256_load_ps(x + 8 * g + 8), s1);
     }
-    return _mm256_fmadd_ps(_mm256_set1_ps(tq_fp16_to_fp32(dh)), _mm256_add_ps(s0, s1), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(dh)), _mm256_add_ps(s0, s1), acc);
 }
 
 static void dequantize_tq2(const void *vy, float *x, size_t nb) {
@@ -407,23 +430,19 @@ static inline void attn_dots(const float *a, const float *rows, size_t stride, i
     }
 }
 
+/* a block's 64 values of acc in 8 registers while the tile's keys go by (n is a multiple of 64):
+ * each key's weight tested and broadcast once per block, not once per 32 values */
 static inline void attn_accum(float *acc, const float *p, const float *rows, int nt, int n) {
-    for (int i = 0; i < n; i += 32) {
-        __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);
-        __m256 a2 = _mm256_loadu_ps(acc + i + 16), a3 = _mm256_loadu_ps(acc + i + 24);
+    for (int i = 0; i < n; i += 64) {
+        __m256 s[8];
+        for (int g = 0; g < 8; g++) s[g] = _mm256_loadu_ps(acc + i + 8 * g);
         for (int j = 0; j < nt; j++) {
             if (p[j] == 0.0f) continue;
             const __m256 w = _mm256_set1_ps(p[j]);
             const float *x = rows + (size_t)j * n + i;
-            a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x), a0);
-            a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8), a1);
-            a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 16), a2);
-            a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 24), a3);
+            for (int g = 0; g < 8; g++) s[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * g), s[g]);
         }
-        _mm256_storeu_ps(acc + i, a0);
-        _mm256_storeu_ps(acc + i + 8, a1);
-        _mm256_storeu_ps(acc + i + 16, a2);
-        _mm256_storeu_ps(acc + i + 24, a3);
+        for (int g = 0; g < 8; g++) _mm256_storeu_ps(acc + i + 8 * g, s[g]);
     }
 }
 

@@ -214,7 +214,7 @@ static inline void dequant_block(int bits, __m512 ctab, tq_half dh, const uint8_
                                  float *out) {
     __m512i idx[4];
     unpack(bits, qs, qh, idx);
-    const __m512 d = _mm512_set1_ps(tq_fp16_to_fp32(dh));
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh));
     for (int r = 0; r < 4; r++) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(d, _mm512_permutexvar_ps(idx[r], ctab)));
 }
 
@@ -226,7 +226,7 @@ static inline __m512 dot_block(int bits, __m512 ctab, tq_half dh, const uint8_t 
     __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(q + 16), _mm512_permutexvar_ps(idx[1], ctab));
     s0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + 32), _mm512_permutexvar_ps(idx[2], ctab), s0);
     s1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + 48), _mm512_permutexvar_ps(idx[3], ctab), s1);
-    return _mm512_fmadd_ps(_mm512_set1_ps(tq_fp16_to_fp32(dh)), _mm512_add_ps(s0, s1), acc);
+    return _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(dh)), _mm512_add_ps(s0, s1), acc);
 }
 
 static void dequantize_tq2(const void *vy, float *x, size_t nb) {

@@ -1,6 +1,6 @@
-/* The attention loop's softmax weights on x86 (attn_exp of tq_attn.h), 8 keys per ymm, shared by
- * the AVX2 and the AVX-512 file (each compiles it with its own flags; a tile's 16 keys are two
- * ymm). */
+/* The attention loop's per-key steps on x86 (attn_exp, attn_mask and attn_scores of tq_attn.h),
+ * 8 keys per ymm, shared by the AVX2 and the AVX-512 file (each compiles it with its own flags; a
+ * tile's 16 keys are two ymm). Each gives the values the scalar step in tq_attn.h gives. */
 
 /* exp(x) for x <= 0 (x - the row's maximum): Cephes' expf, n = round(x log2 e), the remainder in
  * two parts of ln 2, a degree-6 polynomial, 2^n into the exponent; below -87.3 (where 2^n would
@@ -52,4 +52,55 @@ static inline float attn_exp(float *p, int nt, float m) {
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+/* the mask's fp16 values with F16C, 8 at a time (exact, as tq_fp16_to_fp32 is); a tile's last
+ * partial group read through a copy, not past the mask's end */
+#define TQ_ATTN_HAVE_MASK 1
+static inline unsigned attn_mask(const uint16_t *m, float slope, int nt, float *out) {
+    const __m256 sv = _mm256_set1_ps(slope), ninf = _mm256_set1_ps(-INFINITY);
+    unsigned live = 0;
+    for (int j = 0; j < nt; j += 8) {
+        __m128i h;
+        if (j + 8 <= nt) {
+            h = _mm_loadu_si128((const __m128i *)(m + j));
+        } else {
+            uint16_t t[8] = {0};
+            memcpy(t, m + j, sizeof(uint16_t) * (size_t)(nt - j));
+            h = _mm_loadu_si128((const __m128i *)t);
+        }
+        const __m256 x = _mm256_mul_ps(sv, _mm256_cvtph_ps(h));
+        float t[8];
+        _mm256_storeu_ps(j + 8 <= nt ? out + j : t, x);
+        if (j + 8 > nt) memcpy(out + j, t, sizeof(float) * (size_t)(nt - j));
+        live |= (unsigned)(~_mm256_movemask_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ)) & 0xff) << j;
+    }
+    return live & ((1u << nt) - 1u);
+}
+
+/* a row's scores, 8 keys at a time: the scalar step's operations in its order (no FMA), the
+ * maximum over the lanes with vmaxps, which keeps the running maximum where a score is NaN */
+#define TQ_ATTN_HAVE_SCORES 1
+static inline float attn_scores(const float *sk, const float *sb, const float *mv, int nt, float scale, float *p) {
+    const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mt = ninf;
+    int j = 0;
+    for (; j + 8 <= nt; j += 8) {
+        __m256 s = _mm256_loadu_ps(sk + j);
+        if (sb) s = _mm256_add_ps(s, _mm256_loadu_ps(sb + j));
+        const __m256 m = _mm256_loadu_ps(mv + j);
+        s = _mm256_add_ps(_mm256_mul_ps(s, sc), m);
+        s = _mm256_blendv_ps(s, ninf, _mm256_cmp_ps(m, ninf, _CMP_EQ_OQ));
+        _mm256_storeu_ps(p + j, s);
+        mt = _mm256_max_ps(s, mt);
+    }
+    const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mt), _mm256_extractf128_ps(mt, 1));
+    const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float best = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    for (; j < nt; j++) {
+        const float s = (sb ? sk[j] + sb[j] : sk[j]) * scale + mv[j];
+        p[j] = mv[j] == -INFINITY ? -INFINITY : s;
+        if (p[j] > best) best = p[j];
+    }
+    return best;
 }
