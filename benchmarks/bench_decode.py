@@ -40,9 +40,9 @@ def main() -> None:
     model = a.model or str(model_path("smollm2"))
     types, depths = a.types.split(","), [int(d) for d in a.depths.split(",")]
     builds = [tuple(b.split("=", 1)) for b in a.builds.split(",")] if a.builds else [("", "")]
-    for name, d in builds:
-        if name and not (Path(d) / "bin" / "llama-bench").exists():
-            sys.exit(f"--builds {name}={d}: no bin/llama-bench there")
+    for build, d in builds:
+        if build and not (Path(d) / "bin" / "llama-bench").exists():
+            sys.exit(f"--builds {build}={d}: no bin/llama-bench there")
     runs: dict[tuple[str, int], list[float]] = {}
     for _ in range(a.rounds):
         for t in types:

@@ -1,9 +1,15 @@
 /* Kernel benchmark and quality table for native/README.md.
  *   tq_bench [values]   (default 1M values = 4 MiB of f32 per buffer)
+ *   tq_bench attn [k_type] [head size] [keys] [reps] [rows] [term]
  * Prints markdown: per type and ISA, ns per 64-value block and GB/s for quantize (f32 in, codes
  * out), dequantize (codes in, f32 out) and dot (f32 query + codes in), next to memcpy of the same
  * f32 buffer; then the relative MSE |x - x_hat|^2 / |x|^2 on Gaussian data for every type, both
- * scale rules, and q4_0 (32-value blocks, fp16 scale = max/-8, as ggml codes it) for reference. */
+ * scale rules, and q4_0 (32-value blocks, fp16 scale = max/-8, as ggml codes it) for reference.
+ * attn: the CPU attention loop alone (tq_ggml_attn_f32), G query rows over N keys of tq K/V codes
+ * as one decode step's KV head calls it; best of R calls, microseconds and ns per key. Defaults:
+ * tq3 64 4096 300 3 0; term 1 adds the keys' offset term (keys centred before RoPE: 64 floats per
+ * key and row, as llama.cpp passes it). It prints a checksum of the output, alike for two builds
+ * that compute the same values: to compare builds, run each one's binary in turn, a few times. */
 #define _POSIX_C_SOURCE 199309L
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "tq-ggml.h"
 #include "turboquant.h"
 
 static double now(void) {
@@ -58,7 +65,80 @@ static float q4_0_rel_mse(const float *x, size_t n) {
     return (float)(err / tot);
 }
 
+/* tq_bench attn ...: argv[1..] after "attn" */
+static int attn_bench(int argc, char **argv) {
+    const char *name = argc > 1 ? argv[1] : "tq3";
+    const int d = argc > 2 ? atoi(argv[2]) : 64, n = argc > 3 ? atoi(argv[3]) : 4096;
+    const int reps = argc > 4 ? atoi(argv[4]) : 300, nr = argc > 5 ? atoi(argv[5]) : 3;
+    const int term = argc > 6 && atoi(argv[6]) != 0, nb = 64;
+    const int t = tq_type_from_name(name);
+    if (t < 0 || d % TQ_BLOCK || d > TQ_ATTN_MAX_DIM || n < 1 || reps < 1 || nr < 1 || nr > TQ_ATTN_MAX_ROWS) {
+        fprintf(stderr, "usage: tq_bench attn [k_type] [head size] [keys] [reps] [rows] [term]\n");
+        return 2;
+    }
+    const size_t rb = tq_row_bytes((tq_type)t, (size_t)d);
+    char *k = malloc(rb * n), *v = malloc(rb * n);
+    float *x = malloc(sizeof(float) * d), *q = malloc(sizeof(float) * nr * d), *qb = malloc(sizeof(float) * nr * nb);
+    float *kb = malloc(sizeof(float) * nb * n), *acc = calloc((size_t)nr * d, sizeof(float));
+    float M[TQ_ATTN_MAX_ROWS], S[TQ_ATTN_MAX_ROWS];
+    uint16_t *mask = calloc((size_t)n, sizeof(uint16_t)); /* fp16 zeros: every key attended */
+    for (int j = 0; j < n; j++) {
+        for (int i = 0; i < d; i++) x[i] = gauss();
+        tq_quantize((tq_type)t, x, k + rb * j, (size_t)d);
+        for (int i = 0; i < d; i++) x[i] = gauss();
+        tq_quantize((tq_type)t, x, v + rb * j, (size_t)d);
+        for (int i = 0; i < nb; i++) kb[(size_t)j * nb + i] = 0.1f * gauss();
+    }
+    for (int i = 0; i < nr * d; i++) q[i] = gauss();
+    for (int i = 0; i < nr * nb; i++) qb[i] = gauss();
+    tq_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.k_type = a.v_type = t;
+    a.dk = a.dv = d;
+    a.n_rows = nr;
+    for (int r = 0; r < nr; r++) {
+        a.q[r] = q + (size_t)r * d;
+        a.mask[r] = mask;
+        a.slope[r] = 1.0f;
+        if (term) a.qb[r] = qb + (size_t)r * nb;
+    }
+    a.k = k;
+    a.v = v;
+    a.k_stride = a.v_stride = rb;
+    a.n_kv = n;
+    a.scale = 1.0f / sqrtf((float)d);
+    a.M = M;
+    a.S = S;
+    a.acc = acc;
+    if (term) {
+        a.kb = kb;
+        a.kb_stride = sizeof(float) * nb;
+        a.nb = nb;
+    }
+    double best = 1e30;
+    for (int it = 0; it < reps; it++) {
+        for (int r = 0; r < nr; r++) M[r] = -INFINITY, S[r] = 0.0f;
+        memset(acc, 0, sizeof(float) * nr * d);
+        double t;
+        tq_status st = TQ_OK;
+        TIME(t, 1, st = tq_ggml_attn_f32(&a));
+        if (st != TQ_OK) {
+            fprintf(stderr, "tq_ggml_attn_f32: %s\n", tq_strerror(st));
+            return 1;
+        }
+        if (t < best) best = t;
+    }
+    double chk = 0;
+    for (int r = 0; r < nr; r++)
+        for (int i = 0; i < d; i++) chk += acc[(size_t)r * d + i] / S[r];
+    printf("%s/%s d=%d rows=%d keys=%d%s %s: %.1f us, %.2f ns per key (checksum %.9g)\n", name, name, d, nr, n,
+           term ? " +term" : "", tq_isa_name(tq_isa_active()), best * 1e6, best * 1e9 / n, chk);
+    free(k), free(v), free(x), free(q), free(qb), free(kb), free(acc), free(mask);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "attn") == 0) return attn_bench(argc - 1, argv + 1);
     size_t n = argc > 1 ? (size_t)atol(argv[1]) : (1u << 20);
     n -= n % TQ_BLOCK;
     float *x = malloc(n * sizeof(float)), *q = malloc(n * sizeof(float)), *o = malloc(n * sizeof(float));

@@ -88,12 +88,13 @@ static inline tq_dequantize_fn attn_decoder(int type) {
 }
 
 /* the tile's nt rows of n values from row j0 on: the live ones (bit j of live) decoded, the others
- * zeros (their scores are summed with the rest: not whatever the stack held) */
+ * zeros where zero_dead (K: their scores are summed with the rest, not whatever the stack held;
+ * V's dead rows weigh 0 and attn_accum skips them) */
 static inline void attn_decode_tile(tq_dequantize_fn decode, const char *base, size_t stride, int64_t j0,
-                                    unsigned live, int nt, float *out, int n) {
+                                    unsigned live, int nt, float *out, int n, int zero_dead) {
     for (int j = 0; j < nt; j++) {
         if (live >> j & 1u) decode(base + (size_t)(j0 + j) * stride, out + (size_t)j * n, (size_t)n / TQ_BLOCK);
-        else memset(out + (size_t)j * n, 0, sizeof(float) * (size_t)n);
+        else if (zero_dead) memset(out + (size_t)j * n, 0, sizeof(float) * (size_t)n);
     }
 }
 
@@ -154,7 +155,7 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
          * decoded */
         if (live == 0) continue;
         nt = 32 - __builtin_clz(live);
-        attn_decode_tile(decode_k, k, a->k_stride, j0, live, nt, kt, dk);
+        attn_decode_tile(decode_k, k, a->k_stride, j0, live, nt, kt, dk, 1);
 
         for (int r = 0; r < nr; r++) {
             float sk[TQ_ATTN_TILE], sb[TQ_ATTN_TILE];
@@ -186,7 +187,7 @@ static void TQ_ATTN_NAME(const tq_attn_args *a) {
             a->S[r] += attn_exp(p[r], nt, a->M[r]);
         }
 
-        attn_decode_tile(decode_v, v, a->v_stride, j0, live, nt, vt, dv);
+        attn_decode_tile(decode_v, v, a->v_stride, j0, live, nt, vt, dv, 0);
         for (int r = 0; r < nr; r++) attn_accum(a->acc + (size_t)r * dv, p[r], vt, nt, dv);
     }
 }
