@@ -25,6 +25,9 @@
 #           (TQ_PPPROFILE_TYPES, default "f16 q4_0 tq3 tq3@pairs")
 #   profile (not by default): ncu, one decode step at depth 0 kernel by kernel (f16 / tq3 / tq3 with
 #           TQ_CUDA_FUSED_WRITE=0, or TQ_PROFILE_TYPES), summed per kind of kernel (benchmarks/ncu_kernels.py)
+#   timeline (not by default): decode steps as a CUPTI timeline with the CUDA graphs on (TQ_TIMELINE_TYPES,
+#           default "f16 tq3 q4_0"; TQ_TIMELINE_DEPTHS, default 0): where a step's time goes between its
+#           kernels and between steps (benchmarks/gpu/kernel_trace.c, benchmarks/gpu_timeline.py)
 # Steps not run by default:
 #   pip     instead of "build": the package itself, `CMAKE_ARGS="-DTQ_CUDA=ON ..." pip install .`, timed,
 #           from the carried tree (TQ_LLAMA_SOURCE_DIR) with the carried wheels (.tqdev/whl: cffi,
@@ -334,6 +337,33 @@ if want profile && [ "$(left)" -gt 90 ]; then
         csvs+=("$out/ncu-${spec/@/-}.csv")
     done
     python3 benchmarks/ncu_kernels.py "${csvs[@]}" >> "$sum" 2>&1
+fi
+
+# ---- 5b'. decode steps as a timeline (CUPTI, benchmarks/gpu/kernel_trace.c): per step the host's
+# period, the graph's span on the GPU, the kernels' own time and the GPU's idle time inside and
+# outside the span (benchmarks/gpu_timeline.py), per cache type and depth, with the CUDA graphs on
+if want timeline && [ "$(left)" -gt 90 ]; then
+    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
+    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/timeline.log" 2>&1
+    cuda=$(dirname "$(dirname "$(command -v nvcc)")")
+    inc=$(dirname "$(find "$cuda" /usr/local/cuda* -name cupti.h 2>/dev/null | head -1)")
+    lib=$(dirname "$(find "$cuda" /usr/local/cuda* -name 'libcupti.so' 2>/dev/null | head -1)")
+    cc -O2 -shared -fPIC -I"$cuda/include" -I"$inc" benchmarks/gpu/kernel_trace.c -L"$lib" -Wl,-rpath,"$lib" -lcupti \
+        -o /tmp/libkernel_trace.so >> "$out/timeline.log" 2>&1
+    say "kernel_trace rc=$? (cupti.h in $inc, libcupti in $lib)"
+    for d in ${TQ_TIMELINE_DEPTHS:-0}; do
+        traces=()
+        for spec in ${TQ_TIMELINE_TYPES:-f16 tq3 q4_0}; do
+            [ "$(left)" -gt 40 ] || { say "timeline: out of time before $spec @$d"; break; }
+            t=${spec%@*}; tk=${t%/*}; tv=${t#*/}
+            CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so TQ_TRACE_OUT=/tmp/trace-${spec//\//-}-d$d.csv timeout $(( $(left) - 20 )) \
+                $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv -p 0 -n 64 -r 1 -d $d >> "$out/timeline.log" 2>&1
+            say "timeline $spec @$d rc=$? $(grep -c . /tmp/trace-${spec//\//-}-d$d.csv 2>/dev/null) records"
+            traces+=("$spec=/tmp/trace-${spec//\//-}-d$d.csv")
+        done
+        { echo "== timeline, depth $d"; python3 benchmarks/gpu_timeline.py --last 56 --top 25 "${traces[@]}"; } >> "$sum" 2>&1
+    done
+    tar -czf "$out/traces.tar.gz" -C /tmp $(cd /tmp && ls trace-*.csv) 2>/dev/null
 fi
 
 # ---- 6. compute-sanitizer on the tq kernels ----------------------------------------------------
