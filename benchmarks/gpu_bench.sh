@@ -54,7 +54,7 @@
 # decode kernel's 4 query rows per block at every depth), "tq3@c0" with TQ_CUDA_FA_COMBINE_TILES=0 (short
 # caches split as if the combine cost nothing: 2 splits at depth 0), "tq3@pairs" with TQ_CUDA_CONVERT_PAIRS=1
 # (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel),
-# "tq3@kp2" with TQ_CUDA_FA_KP=2 (head size 128: the decode kernel's tiles of twice the keys), "f16@gopt" with GGML_CUDA_GRAPH_OPT=1 (llama.cpp runs a layer's Q, K and V branches on streams of
+# "f16@gopt" with GGML_CUDA_GRAPH_OPT=1 (llama.cpp runs a layer's Q, K and V branches on streams of
 # their own inside the CUDA graph); flags combine: "tq3@unfused@gopt".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -226,15 +226,15 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1; kp=1
+        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1
         for f in $(tr '@' ' ' <<< "${spec#"$t"}"); do
-            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;; kp2) kp=2 ;;
+            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;;
                 *) say "bench: unknown flag @$f in $spec" ;; esac
         done
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge TQ_CUDA_FA_KP=$kp)" >> "$out/bench.log"
-        TQ_CUDA_FA_KP=$kp TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge)" >> "$out/bench.log"
+        TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done

@@ -128,17 +128,6 @@ struct tq_fa_row {
     static constexpr int NUW = SR / U;                               // units per slot
 };
 
-// the tile's K and V codes in dynamic shared memory (then the cross-warp reduction), bytes, for KP
-// pairs of keys per K thread
-template <typename KB, typename VB, int D, int RB, int KP>
-static constexpr __host__ __device__ int tq_fa_dyn_smem() {
-    constexpr int TK  = 2 * KP * (TQ_FA_NT / (D / TQ_BLOCK));
-    constexpr int BUF = TK * (tq_fa_row<KB, D>::SR + tq_fa_row<VB, D>::SR);
-    constexpr int RED = (TQ_FA_NT / 32) * RB * D * (int) sizeof(float);
-    // +16: a plane word at the end of the last row is read as two aligned words
-    return (BUF > RED ? BUF : RED) + 16;
-}
-
 // ---- kernel arguments -------------------------------------------------------------------------
 
 struct tq_fa_decode_kparams {
@@ -374,14 +363,13 @@ static __device__ __forceinline__ void tq_fa_st_rows(float * dst, const float (&
 
 // (128, 1): ptxas then keeps ~190 registers and 2 blocks per SM, 7 % faster on an H200 than the
 // 168 registers and 3 blocks it picks from (128) alone (measured at D 128, G 4, 32K keys)
-template <typename KB, typename VB, int D, int RB, int KP>
+template <typename KB, typename VB, int D, int RB>
 static __global__ void __launch_bounds__(TQ_FA_NT, 1)
 tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     static_assert(D % TQ_BLOCK == 0 && D >= 64 && D <= 256, "head size 64, 128 or 256");
     static_assert(RB == 1 || RB == 2 || RB == 4, "1, 2 or 4 rows per block");
     constexpr int NB   = D / TQ_BLOCK;            // 64-value blocks per key row
-    constexpr int KH   = TQ_FA_NT / NB;           // keys the K threads take in one pass
-    constexpr int TK   = 2 * KP * KH;             // keys per tile: a K thread takes one block of 2 KP keys
+    constexpr int TK   = 2 * TQ_FA_NT / NB;       // keys per tile: a K thread takes one block of two keys
     constexpr int NDG  = D / TQ_FA_VPT;           // V: groups of 16 dims
     constexpr int NKG  = TQ_FA_NT / NDG;          // V: key groups
     constexpr int VKPT = TK / NKG;                // V: keys per thread per tile
@@ -394,12 +382,13 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     constexpr int KBUF = TK * LK::SR;
     constexpr int VBUF = TK * LV::SR;
     constexpr int RED  = NW * RB * D * (int) sizeof(float);
-    static_assert(tq_fa_dyn_smem<KB, VB, D, RB, KP>() >= (KBUF + VBUF > RED ? KBUF + VBUF : RED) + 16, "the launch's shared memory");
+    // +16: a plane word at the end of the last row is read as two aligned words
+    constexpr int SMEM = (KBUF + VBUF > RED ? KBUF + VBUF : RED) + 16;
     constexpr int MPT  = (RB * TK + TQ_FA_NT - 1) / TQ_FA_NT; // mask values per thread per tile
     static_assert(32 % NB == 0 && 32 % NDG == 0, "the threads of a key, and of a dim group's keys, lie within a warp");
     static_assert(NKG * VKPT == TK, "V threads cover the tile");
 
-    extern __shared__ __align__(16) uint8_t sm[];   // K and V tiles, then the cross-warp reduction (tq_fa_dyn_smem)
+    __shared__ __align__(16) uint8_t sm[SMEM];      // K and V tiles, then the cross-warp reduction
     __shared__ __align__(16) float sq[RB * NB * QS]; // query rows, scaled by scale * log2 e
     __shared__ __align__(16) float smask[TK * RB];   // [key][row], log2 domain, -inf past the keys
     __shared__ __align__(16) float sp[TK * RB];      // [key][row] probabilities of the tile
@@ -553,15 +542,14 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         tq_fa_cp_wait<1>();   // K(t) is in (V(t) may not be)
         __syncthreads();
 
-        // ---- K: scores of 2 KP keys for every row (the NB threads of a key each do one block) ----
-        float sk[2 * KP][RB]; // keys ka + KH j
+        // ---- K: scores of two keys for every row (the NB threads of a key each do one block) ----
+        float sa[RB];
+        float sb[RB];
         const bool run = !SKIP || live; // the tile is scored and read
         if (run) {
             const uint32_t kg0 = (uint32_t) (uintptr_t) (Kh + k0 * p.nbk1);
-#pragma unroll
-            for (int kp = 0; kp < KP; ++kp) {
-            const int kla = ka + 2 * kp * KH;
-            const int klb = kla + KH;
+            const int kla = ka;
+            const int klb = ka + TK / 2;
             const int xa = rowoff_k(kg0, kla) + kc * LK::BS;
             const int xb = rowoff_k(kg0, klb) + kc * LK::BS;
             const float da = tq_cuda_half(*(const uint16_t *) (sm + xa));
@@ -598,9 +586,8 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
                     pb[r] += __shfl_xor_sync(0xffffffffu, pb[r], off);
                 }
                 // select, not add: rows past the tile hold stale codes that may decode to NaN
-                sk[2 * kp][r]     = kla < nk ? pa[r] + ma[r] : -INFINITY;
-                sk[2 * kp + 1][r] = klb < nk ? pb[r] + mb[r] : -INFINITY;
-            }
+                sa[r] = kla < nk ? pa[r] + ma[r] : -INFINITY;
+                sb[r] = klb < nk ? pb[r] + mb[r] : -INFINITY;
             }
         }
 
@@ -608,11 +595,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
         if (run) {
 #pragma unroll
             for (int r = 0; r < RB; ++r) {
-                float mx = sk[0][r];
-#pragma unroll
-                for (int j = 1; j < 2 * KP; ++j) {
-                    mx = fmaxf(mx, sk[j][r]);
-                }
+                float mx = fmaxf(sa[r], sb[r]);
 #pragma unroll
                 for (int off = NB; off < 32; off <<= 1) {
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
@@ -648,24 +631,15 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
                 moved |= mn > M[r];
                 f[r] = exp2f(M[r] - mn);
                 M[r] = mn;
-#pragma unroll
-                for (int j = 0; j < 2 * KP; ++j) {
-                    sk[j][r] = exp2f(sk[j][r] - mn);
-                }
+                sa[r] = exp2f(sa[r] - mn);
+                sb[r] = exp2f(sb[r] - mn);
             }
             if (kc == 0) {
-#pragma unroll
-                for (int j = 0; j < 2 * KP; ++j) {
-                    tq_fa_st_rows<RB>(sp + (ka + KH * j) * RB, sk[j]);
-                }
+                tq_fa_st_rows<RB>(sp + ka * RB, sa);
+                tq_fa_st_rows<RB>(sp + (ka + TK / 2) * RB, sb);
 #pragma unroll
                 for (int r = 0; r < RB; ++r) {
-                    float t = l[r] * f[r];
-#pragma unroll
-                    for (int j = 0; j < 2 * KP; ++j) {
-                        t += sk[j][r];
-                    }
-                    l[r] = t;
+                    l[r] = l[r] * f[r] + sa[r] + sb[r];
                 }
             }
         }
@@ -844,7 +818,7 @@ typedef void (*tq_fa_kernel_t)(const tq_fa_decode_kparams);
 
 struct tq_fa_decode_plan {
     tq_fa_kernel_t kernel;
-    int RB, TK, n_chunks, n_splits, tiles_per_split, blocks_per_sm, smem;
+    int RB, TK, n_chunks, n_splits, tiles_per_split, blocks_per_sm;
     size_t scratch_floats; // 0 with one split
 };
 
@@ -852,70 +826,55 @@ struct tq_fa_kernel_info {
     tq_fa_kernel_t kernel;
     int TK;
     int blocks_per_sm;
-    int smem; // dynamic shared memory per block, bytes
 };
 
-template <typename KB, typename VB, int D, int RB, int KP>
+template <typename KB, typename VB, int D, int RB>
 static tq_fa_kernel_info tq_fa_info() {
-    constexpr int SMEM = tq_fa_dyn_smem<KB, VB, D, RB, KP>();
-    // occupancy once per instance: it bounds how many key splits fill the GPU. The attribute is set
-    // whatever SMEM is: the static arrays count towards the 48 KiB a launch gets without it (tq3 at
-    // head size 128, 4 rows and KP 2: 40976 dynamic + 10640 static bytes)
+    // occupancy once per instance: it bounds how many key splits fill the GPU
     static const int bps = []() {
         int n = 0;
-        if (cudaFuncSetAttribute(tq_fa_decode_kernel<KB, VB, D, RB, KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_fa_decode_kernel<KB, VB, D, RB, KP>, TQ_FA_NT, SMEM) != cudaSuccess || n < 1) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_fa_decode_kernel<KB, VB, D, RB>, TQ_FA_NT, 0) != cudaSuccess || n < 1) {
             (void) cudaGetLastError();
             n = 1;
         }
         return n;
     }();
-    return { tq_fa_decode_kernel<KB, VB, D, RB, KP>, 2 * KP * TQ_FA_NT / (D / TQ_BLOCK), bps, SMEM };
+    return { tq_fa_decode_kernel<KB, VB, D, RB>, 2 * TQ_FA_NT / (D / TQ_BLOCK), bps };
 }
 
-template <typename KB, typename VB, int D, int KP>
+template <typename KB, typename VB, int D>
 static tq_fa_kernel_info tq_fa_info_rb(const int RB) {
     switch (RB) {
-        case 1:  return tq_fa_info<KB, VB, D, 1, KP>();
-        case 2:  return tq_fa_info<KB, VB, D, 2, KP>();
-        default: return tq_fa_info<KB, VB, D, 4, KP>();
+        case 1:  return tq_fa_info<KB, VB, D, 1>();
+        case 2:  return tq_fa_info<KB, VB, D, 2>();
+        default: return tq_fa_info<KB, VB, D, 4>();
     }
 }
 
-// kp: pairs of keys a K thread scores per tile (2: head size 128 only, for A/B timing)
 template <typename KB, typename VB>
-static tq_fa_kernel_info tq_fa_info_d(const int D, const int RB, const int kp) {
+static tq_fa_kernel_info tq_fa_info_d(const int D, const int RB) {
     switch (D) {
-        case 64:  return tq_fa_info_rb<KB, VB,  64, 1>(RB);
-        case 128: return kp == 2 ? tq_fa_info_rb<KB, VB, 128, 2>(RB) : tq_fa_info_rb<KB, VB, 128, 1>(RB);
-        case 256: return tq_fa_info_rb<KB, VB, 256, 1>(RB);
-        default:  return { nullptr, 0, 0, 0 };
+        case 64:  return tq_fa_info_rb<KB, VB,  64>(RB);
+        case 128: return tq_fa_info_rb<KB, VB, 128>(RB);
+        case 256: return tq_fa_info_rb<KB, VB, 256>(RB);
+        default:  return { nullptr, 0, 0 };
     }
-}
-
-static inline int tq_fa_kp_env() {
-    static const int kp = []() {
-        const char * e = getenv("TQ_CUDA_FA_KP");
-        return e && atoi(e) == 2 ? 2 : 1;
-    }();
-    return kp;
 }
 
 // the compiled K/V pairs: each type with itself, and tq4 keys with tq3, tq2 or tq3t values
 static inline tq_fa_kernel_info tq_fa_info_types(const int k_bits, const int v_bits, const int k_tcq, const int v_tcq,
                                                  const int D, const int RB) {
-    const int kp = tq_fa_kp_env();
     if (k_tcq || v_tcq) {
-        if (k_tcq && v_tcq && k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3t, block_tq3t>(D, RB, kp);
-        if (!k_tcq && k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3t>(D, RB, kp);
-        return { nullptr, 0, 0, 0 };
+        if (k_tcq && v_tcq && k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3t, block_tq3t>(D, RB);
+        if (!k_tcq && k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3t>(D, RB);
+        return { nullptr, 0, 0 };
     }
-    if (k_bits == 2 && v_bits == 2) return tq_fa_info_d<block_tq2, block_tq2>(D, RB, kp);
-    if (k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3, block_tq3>(D, RB, kp);
-    if (k_bits == 4 && v_bits == 4) return tq_fa_info_d<block_tq4, block_tq4>(D, RB, kp);
-    if (k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3>(D, RB, kp);
-    if (k_bits == 4 && v_bits == 2) return tq_fa_info_d<block_tq4, block_tq2>(D, RB, kp);
-    return { nullptr, 0, 0, 0 };
+    if (k_bits == 2 && v_bits == 2) return tq_fa_info_d<block_tq2, block_tq2>(D, RB);
+    if (k_bits == 3 && v_bits == 3) return tq_fa_info_d<block_tq3, block_tq3>(D, RB);
+    if (k_bits == 4 && v_bits == 4) return tq_fa_info_d<block_tq4, block_tq4>(D, RB);
+    if (k_bits == 4 && v_bits == 3) return tq_fa_info_d<block_tq4, block_tq3>(D, RB);
+    if (k_bits == 4 && v_bits == 2) return tq_fa_info_d<block_tq4, block_tq2>(D, RB);
+    return { nullptr, 0, 0 };
 }
 
 static_assert(sizeof(block_tq3t) == sizeof(block_tq3), "a tq3t row is as long as a tq3 row");
@@ -1018,7 +977,6 @@ static inline tq_fa_decode_plan tq_fa_decode_make_plan(const tq_fa_decode_args &
     pl.kernel = ki.kernel;
     pl.TK = ki.TK;
     pl.blocks_per_sm = ki.blocks_per_sm;
-    pl.smem = ki.smem;
     pl.n_chunks = (n_rows + pl.RB - 1) / pl.RB;
 
     const int ntiles = (a.n_kv + pl.TK - 1) / pl.TK;
@@ -1071,7 +1029,7 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.qscale = a.scale * TQ_FA_LOG2E;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
-    pl.kernel<<<grid, TQ_FA_NT, pl.smem, stream>>>(p);
+    pl.kernel<<<grid, TQ_FA_NT, 0, stream>>>(p);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || pl.n_splits == 1) {
         return err;
@@ -1100,7 +1058,7 @@ static inline int tq_fa_ggml_bits(const ggml_type type) {
 // FLASH_ATTN_EXT on tq2/tq3/tq4/tq3t K/V for 1..8 query tokens; false (nothing launched) for anything
 // else, which then takes the generic kernels. For A/B timing: TQ_CUDA_FA_DECODE=0 switches it off,
 // TQ_CUDA_FA_RB=1|2|4 fixes its rows per block, TQ_CUDA_FA_COMBINE_TILES=0 splits short caches as if
-// the combine cost nothing, TQ_CUDA_FA_KP=2 gives head size 128 tiles of twice the keys.
+// the combine cost nothing.
 static inline bool tq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     static const bool enabled = []() {
         const char * e = getenv("TQ_CUDA_FA_DECODE");
