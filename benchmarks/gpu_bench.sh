@@ -71,6 +71,11 @@ sum=$out/summary.txt
 left() { echo $((budget - ($(date +%s) - start))); }
 say() { echo "[$(($(date +%s) - start))s] $*" | tee -a "$sum"; }
 want() { [[ $steps == *" $1 "* ]]; }
+# the synthetic Llama-3.1-8B-shaped Q4_0 model of the speed steps, made once per machine; $1: the log
+m8b=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
+synthetic_8b() {
+    [ -f $m8b ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m8b --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$1" 2>&1
+}
 
 : > "$sum"
 say "gpu_bench.sh $(date -u +%FT%TZ), budget ${budget}s, steps:$steps"
@@ -221,8 +226,8 @@ fi
 
 # ---- 5. llama-bench on a synthetic Llama-3.1-8B-shaped model ------------------------------------
 if want bench && [ "$(left)" -gt 90 ]; then
-    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
-    PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/bench.log" 2>&1
+    m=$m8b
+    synthetic_8b "$out/bench.log"
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
@@ -245,8 +250,8 @@ fi
 # (llama-batched-bench; the package does not ship it, so the "build" step with it in TQ_TARGETS), then
 # the decode kernel alone on the same shape (native/tests/tq_cuda_fattn_test.cu --seqs S --kv depth)
 if want batched && [ "$(left)" -gt 90 ]; then
-    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
-    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/batched.log" 2>&1
+    m=$m8b
+    synthetic_8b "$out/batched.log"
     pp=${TQ_BATCHED_PP:-8192}; npl=${TQ_BATCHED_NPL:-1,4,16}; tg=32
     maxpl=$(tr ',' '\n' <<< "$npl" | sort -n | tail -1)
     if [ -x "$bin/llama-batched-bench" ]; then
@@ -288,8 +293,8 @@ fi
 
 # ---- 5'''. a tq cache on a CUDA ggml-rpc-server, seen from a CPU-only client on the same host ------
 if want rpc && [ "$(left)" -gt 90 ]; then
-    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
-    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/rpc.log" 2>&1
+    m=$m8b
+    synthetic_8b "$out/rpc.log"
     $bin/ggml-rpc-server --host 127.0.0.1 --port 50052 >> "$out/rpc-server.log" 2>&1 &
     rpc_pid=$!
     sleep 3
@@ -319,8 +324,8 @@ fi
 
 # ---- 5b. one decode step at depth 0, kernel by kernel (ncu): f16, tq3, tq3 unfused by default -----
 if want profile && [ "$(left)" -gt 90 ]; then
-    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
-    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/profile.log" 2>&1
+    m=$m8b
+    synthetic_8b "$out/profile.log"
     # a first run per cache type keeps its calibration (a kv-calib file per type), so that the profiled
     # run holds the decode step only
     for t in $(for spec in ${TQ_PROFILE_TYPES:-f16 tq3 tq3@unfused}; do echo "${spec%@*}"; done | sort -u); do
@@ -343,8 +348,8 @@ fi
 # period, the graph's span on the GPU, the kernels' own time and the GPU's idle time inside and
 # outside the span (benchmarks/gpu_timeline.py), per cache type and depth, with the CUDA graphs on
 if want timeline && [ "$(left)" -gt 90 ]; then
-    m=/tmp/tq-synthetic-llama31-8b-q4_0.gguf
-    [ -f $m ] || PYTHONPATH=$src/gguf-py python3 benchmarks/make_synthetic_gguf.py $m --vocab $src/models/ggml-vocab-llama-bpe.gguf > "$out/timeline.log" 2>&1
+    m=$m8b
+    synthetic_8b "$out/timeline.log"
     cuda=$(dirname "$(dirname "$(command -v nvcc)")")
     inc=$(dirname "$(find "$cuda" /usr/local/cuda* -name cupti.h 2>/dev/null | head -1)")
     lib=$(dirname "$(find "$cuda" /usr/local/cuda* -name 'libcupti.so' 2>/dev/null | head -1)")

@@ -14,6 +14,7 @@ Medians over the steady steps. Then the kernels by name, µs per step, side by s
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import shutil
 import statistics
@@ -66,6 +67,10 @@ def steps(rows, skip, last):
     by_corr = defaultdict(list)
     for s, e, w, c, n in gpu:
         by_corr[c].append((s, e, n))
+    # a step's window holds the records that start before its end and end after its start: found from
+    # the sorted starts, no record being longer than the longest
+    starts = [r[0] for r in gpu]
+    longest = max((e - s for s, e, *_ in gpu), default=0)
     out = []
     for (t0, c0, l0), (t1, _, _) in zip(launches, launches[1:]):
         ks = by_corr.get(c0, [])
@@ -74,7 +79,8 @@ def steps(rows, skip, last):
         span0 = min(s for s, _, _ in ks)
         span1 = max(e for _, e, _ in ks)
         inside = [(s, e) for s, e, _ in ks]
-        window = [(max(s, t0), min(e, t1)) for s, e, _, _, _ in gpu if e > t0 and s < t1]
+        lo, hi = bisect.bisect_left(starts, t0 - longest), bisect.bisect_left(starts, t1)
+        window = [(max(s, t0), min(e, t1)) for s, e, _, _, _ in gpu[lo:hi] if e > t0]
         out.append({
             "period": t1 - t0,
             "launch_to_first": span0 - t0,
