@@ -55,7 +55,8 @@
 # caches split as if the combine cost nothing: 2 splits at depth 0), "tq3@pairs" with TQ_CUDA_CONVERT_PAIRS=1
 # (the K/V conversion to f16 of a prefill two values per thread, as ggml-cuda's generic kernel),
 # "f16@gopt" with GGML_CUDA_GRAPH_OPT=1 (llama.cpp runs a layer's Q, K and V branches on streams of
-# their own inside the CUDA graph); flags combine: "tq3@unfused@gopt".
+# their own inside the CUDA graph), "tq3@nopdl" with TQ_CUDA_PDL=0 (the tq kernels launched the plain
+# way, not as programmatic dependent launches as ggml-cuda's own); flags combine: "tq3@unfused@gopt".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -231,15 +232,15 @@ if want bench && [ "$(left)" -gt 90 ]; then
     say "synthetic model rc=$? $(du -h $m 2>/dev/null | cut -f1)"
     # "tq3@vec": the same cache with the tq decode kernel switched off (llama.cpp's vec kernel), for A/B
     for spec in ${TQ_BENCH_TYPES:-f16 tq3 q4_0 q8_0 tq4 tq2}; do
-        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1
+        t=${spec%%@*}; fa_decode=1; fused=1; rope=1; rb=0; ct=1; pairs=0; gopt=0; merge=1; pdl=1
         for f in $(tr '@' ' ' <<< "${spec#"$t"}"); do
-            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;;
+            case $f in vec) fa_decode=0 ;; unfused) fused=0 ;; norope) rope=0 ;; rb4) rb=4 ;; c0) ct=0 ;; pairs) pairs=1 ;; gopt) gopt=1 ;; sep) merge=0 ;; nopdl) pdl=0 ;;
                 *) say "bench: unknown flag @$f in $spec" ;; esac
         done
         tk=${t%/*}; tv=${t#*/} # "tq4/tq3t": K tq4, V tq3t
         [ "$(left)" -gt 45 ] || { say "bench: out of time before $spec"; break; }
-        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge)" >> "$out/bench.log"
-        TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
+        echo "## $spec (TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FUSED_MERGE=$merge TQ_CUDA_PDL=$pdl)" >> "$out/bench.log"
+        TQ_CUDA_PDL=$pdl TQ_CUDA_FUSED_MERGE=$merge GGML_CUDA_GRAPH_OPT=$gopt TQ_CUDA_FA_DECODE=$fa_decode TQ_CUDA_FUSED_WRITE=$fused TQ_CUDA_FUSED_ROPE=$rope TQ_CUDA_FA_RB=$rb TQ_CUDA_FA_COMBINE_TILES=$ct TQ_CUDA_CONVERT_PAIRS=$pairs timeout $(( $(left) - 20 )) $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv \
             -p "${TQ_BENCH_PP:-0}" -n 64 -d "${TQ_BENCH_DEPTHS:-0,8192,32768}" -r "${TQ_BENCH_REPS:-2}" -o md >> "$out/bench.log" 2>&1
         say "llama-bench $spec rc=$?"
     done
@@ -360,8 +361,8 @@ if want timeline && [ "$(left)" -gt 90 ]; then
         traces=()
         for spec in ${TQ_TIMELINE_TYPES:-f16 tq3 q4_0}; do
             [ "$(left)" -gt 40 ] || { say "timeline: out of time before $spec @$d"; break; }
-            t=${spec%@*}; tk=${t%/*}; tv=${t#*/}
-            CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so TQ_TRACE_OUT=/tmp/trace-${spec//\//-}-d$d.csv timeout $(( $(left) - 20 )) \
+            t=${spec%@*}; tk=${t%/*}; tv=${t#*/}; pdl=1; [[ $spec == *@nopdl ]] && pdl=0
+            TQ_CUDA_PDL=$pdl CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so TQ_TRACE_OUT=/tmp/trace-${spec//\//-}-d$d.csv timeout $(( $(left) - 20 )) \
                 $bin/llama-bench -m $m -ngl 99 -fa 1 -ctk $tk -ctv $tv -p 0 -n 64 -r 1 -d $d >> "$out/timeline.log" 2>&1
             say "timeline $spec @$d rc=$? $(grep -c . /tmp/trace-${spec//\//-}-d$d.csv 2>/dev/null) records"
             traces+=("$spec=/tmp/trace-${spec//\//-}-d$d.csv")

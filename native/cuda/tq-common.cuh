@@ -10,6 +10,75 @@
 #include "tq-blocks.h"
 #include "tq-math.h"
 
+#include <stdlib.h>
+#include <utility>
+
+// ---- programmatic dependent launch ------------------------------------------------------------
+// ggml-cuda launches its kernels with programmatic stream serialization on Hopper and later
+// (GGML_CUDA_USE_PDL, common.cuh): a kernel's blocks are scheduled while its predecessor finishes
+// and wait in cudaGridDependencySynchronize before they touch what it wrote. A kernel launched the
+// plain way waits for all of its predecessor, and its successor for all of it, so each plain launch
+// in a chain of PDL kernels costs a kernel start's latency on both sides. The tq kernels that run
+// inside ggml-cuda therefore launch the same way (tq_cuda_launch) and keep its rules:
+//   - tq_cuda_pdl_wait before a block's first read or write of global memory that another kernel
+//     writes or reads: it returns once the predecessor has finished and its writes are visible;
+//   - tq_cuda_pdl_trigger at the start: the successor may be scheduled from then on (it waits in
+//     its own tq_cuda_pdl_wait / ggml_cuda_pdl_sync, so the trigger's place only moves its start);
+//   - no __restrict__ on the kernel's pointer parameters: local copies carry TQ_CUDA_RESTRICT,
+//     empty where the kernel may wait, as ggml-cuda's GGML_CUDA_RESTRICT (with it the compiler
+//     may move loads above the wait).
+// Outside ggml-cuda (the native harnesses) and with TQ_CUDA_PDL=0 they launch the plain way.
+#if defined(GGML_CUDA_USE_PDL) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define TQ_CUDA_PDL_DEVICE 1
+#define TQ_CUDA_RESTRICT
+#else
+#define TQ_CUDA_RESTRICT __restrict__
+#endif
+
+static __device__ __forceinline__ void tq_cuda_pdl_wait() {
+#ifdef TQ_CUDA_PDL_DEVICE
+    cudaGridDependencySynchronize();
+#endif
+}
+
+static __device__ __forceinline__ void tq_cuda_pdl_trigger() {
+#ifdef TQ_CUDA_PDL_DEVICE
+    cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
+// TQ_CUDA_PDL=0: the plain launch, for A/B timing in one binary (GGML_CUDA_PDL=0 turns off
+// ggml-cuda's own and, through ggml_cuda_kernel_launch, these as well)
+static inline bool tq_cuda_pdl_enabled() {
+    static const bool on = []() {
+        const char * e = getenv("TQ_CUDA_PDL");
+        return e == nullptr || atoi(e) != 0;
+    }();
+    return on;
+}
+
+// pdl false: the plain launch (where the programmatic one measured slower)
+template <typename... P, typename... A>
+static inline void tq_cuda_launch_if(const bool pdl, void (*kernel)(P...), const dim3 grid, const dim3 block,
+                                     const size_t smem, cudaStream_t stream, A &&... args) {
+#if defined(GGML_CUDA_USE_PDL)
+    if (pdl && tq_cuda_pdl_enabled()) {
+        // ggml's launcher: the attribute only where the kernel was built for sm_90 or later
+        ggml_cuda_kernel_launch(kernel, ggml_cuda_kernel_launch_params(grid, block, smem, stream), std::forward<A>(args)...);
+        return;
+    }
+#else
+    (void) pdl;
+#endif
+    kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+}
+
+template <typename... P, typename... A>
+static inline void tq_cuda_launch(void (*kernel)(P...), const dim3 grid, const dim3 block, const size_t smem,
+                                  cudaStream_t stream, A &&... args) {
+    tq_cuda_launch_if(true, kernel, grid, block, smem, stream, std::forward<A>(args)...);
+}
+
 // fp16 scale bits -> float (exact, the same value as tq_fp16_to_fp32)
 static __device__ __forceinline__ float tq_cuda_half(const tq_half h) {
     return __half2float(__ushort_as_half(h));

@@ -120,10 +120,14 @@ static __device__ __forceinline__ void tq_cuda_store8(dst_t * __restrict__ y, co
 // VPT (8, or 2 for A/B timing) values per thread; rows of ne00 values (ne00 % 64 == 0), block
 // strides s01/s02/s03; y dense in the same order. threadIdx.x runs along a row, threadIdx.y over rows.
 template <void (*dq)(const void *, int64_t, int, float2 &), int VPT, typename dst_t>
-static __global__ void tq_cuda_convert(const void * __restrict__ vx, dst_t * __restrict__ y,
+static __global__ void tq_cuda_convert(const void * vx_ptr, dst_t * y_ptr,
         const int64_t ne00, const int64_t ne01, const uint32_t ne02, const uint32_t ne0203,
         const int64_t s01, const int64_t s02, const int64_t s03) {
     static_assert(VPT == 8 || VPT == 2, "tq: 8 values per thread, or 2 as ggml-cuda's generic kernel");
+    tq_cuda_pdl_trigger();
+    tq_cuda_pdl_wait();
+    const void * TQ_CUDA_RESTRICT vx = vx_ptr;
+    dst_t      * TQ_CUDA_RESTRICT y  = y_ptr;
     const int64_t i00 = VPT * ((int64_t) blockDim.x * blockIdx.x + threadIdx.x);
     if (i00 >= ne00) {
         return;
@@ -159,8 +163,8 @@ static void tq_cuda_convert_launch(const void * vx, dst_t * y, const int64_t ne0
     const int tx = VPT == 8 ? (int) std::min<int64_t>(per_row, nth) : nth, ty = nth / tx;
     const dim3 grid((unsigned) ((per_row + tx - 1) / tx), (unsigned) std::min<int64_t>((ne01 + ty - 1) / ty, 65535),
                     (unsigned) std::min<int64_t>(ne02 * ne03, 65535));
-    tq_cuda_convert<dq, VPT, dst_t><<<grid, dim3(tx, ty), 0, stream>>>(vx, y, ne00, ne01, (uint32_t) ne02,
-                                                                       (uint32_t) (ne02 * ne03), s01, s02, s03);
+    tq_cuda_launch(tq_cuda_convert<dq, VPT, dst_t>, grid, dim3(tx, ty), 0, stream, vx, y, ne00, ne01, (uint32_t) ne02,
+                   (uint32_t) (ne02 * ne03), s01, s02, s03);
 }
 
 // TQ_CUDA_CONVERT_PAIRS=1: 2 values per thread, for A/B timing against ggml-cuda's generic pattern

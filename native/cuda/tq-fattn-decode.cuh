@@ -398,6 +398,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     __shared__ float red_l[NW][RB];
     __shared__ float red_M[RB];
 
+    tq_cuda_pdl_trigger();
     const int tid  = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -428,6 +429,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
     const char * Kh = p.K + seq * p.nbk3 + kvh * p.nbk2;
     const char * Vh = p.V + seq * p.nbv3 + kvh * p.nbv2;
 
+    tq_cuda_pdl_wait(); // the query, and this token's K and V, come from the kernels before
     for (int e = tid; e < RB * D; e += TQ_FA_NT) {
         const int r = e / D;
         const int d = e % D;
@@ -774,7 +776,12 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
 // dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s
 template <int D>
 static __global__ void __launch_bounds__(D)
-tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits) {
+tq_fa_decode_combine(const float * part_ptr, const float2 * ml_ptr, float * dst_ptr, const int n_splits) {
+    tq_cuda_pdl_trigger();
+    tq_cuda_pdl_wait();
+    const float  * TQ_CUDA_RESTRICT part = part_ptr;
+    const float2 * TQ_CUDA_RESTRICT ml   = ml_ptr;
+    float        * TQ_CUDA_RESTRICT dst  = dst_ptr;
     const int64_t row = blockIdx.x;
     const int dd = threadIdx.x;
     part += row * n_splits * D;
@@ -1029,15 +1036,16 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.qscale = a.scale * TQ_FA_LOG2E;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
-    pl.kernel<<<grid, TQ_FA_NT, 0, stream>>>(p);
+    tq_cuda_launch(pl.kernel, grid, TQ_FA_NT, 0, stream, p);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || pl.n_splits == 1) {
         return err;
     }
+    const unsigned nr = (unsigned) rows_total;
     switch (a.D) {
-        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
-        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
-        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 64:  tq_cuda_launch(tq_fa_decode_combine< 64>, nr,  64, 0, stream, p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 128: tq_cuda_launch(tq_fa_decode_combine<128>, nr, 128, 0, stream, p.part, p.part_ml, a.dst, pl.n_splits); break;
+        default:  tq_cuda_launch(tq_fa_decode_combine<256>, nr, 256, 0, stream, p.part, p.part_ml, a.dst, pl.n_splits); break;
     }
     return cudaGetLastError();
 }

@@ -130,6 +130,7 @@ __launch_bounds__(128, 1)
 static __global__ void tq_k_fused_write(const TQ_CUDA_GRID_CONSTANT tq_cuda_chains cs) {
     constexpr int W  = 32;
     constexpr int EL = N / W;
+    tq_cuda_pdl_trigger();
     int jc = 0;
 #pragma unroll
     for (int k = 1; k < TQ_CUDA_MAX_CHAINS; ++k) {
@@ -163,7 +164,7 @@ static __global__ void tq_k_fused_write(const TQ_CUDA_GRID_CONSTANT tq_cuda_chai
     const int64_t xr3 = xr / c.xne2;
     const float * px  = c.x + xr1 * c.xs1 + xr2 * c.xs2 + xr3 * c.xs3;
 
-    ggml_cuda_pdl_sync();
+    tq_cuda_pdl_wait();
     float reg[EL];
 #pragma unroll
     for (int i = 0; i < EL; ++i) {
@@ -482,11 +483,7 @@ static void tq_cuda_fused_launch(const tq_cuda_fusion * f, const int n, cudaStre
         tcq = tcq || cs.c[k].type == GGML_TYPE_TQ2T || cs.c[k].type == GGML_TYPE_TQ3T;
     }
     cs.n = n;
-    if (tcq) {
-        tq_k_fused_write<N, true><<<n_blocks, dim3(32, 4, 1), 0, stream>>>(cs);
-    } else {
-        tq_k_fused_write<N, false><<<n_blocks, dim3(32, 4, 1), 0, stream>>>(cs);
-    }
+    tq_cuda_launch(tcq ? tq_k_fused_write<N, true> : tq_k_fused_write<N, false>, n_blocks, dim3(32, 4, 1), 0, stream, cs);
 }
 
 // whether a chain runs in segments of N values: its rotation's size, or a multiple of it where the

@@ -5,7 +5,7 @@
 //   (tq_cuda_quantize_block16), which is what makes the per-token write cheap at decode; the QJL
 //   types one block per thread.
 //   CPY (the K-shift's cast and copy back): one block per thread, any strides.
-// Needs ggml-cuda's common.cuh (fast_div_modulo, init_fastdiv_values, ggml_cuda_pdl_sync) first.
+// Needs ggml-cuda's common.cuh (fast_div_modulo, init_fastdiv_values) first.
 #pragma once
 
 #include "tq-quantize.cuh"
@@ -42,18 +42,19 @@ static __device__ __forceinline__ void tq_cuda_dequantize_one(const block_t * __
 // Block i of the source (64 values along dim 0) goes to row src1[i01, i02 % ne11, i03 % ne12] of the
 // destination, as SET_ROWS defines it; `lanes` threads code one block.
 template <typename idx_t, typename block_t, int lanes>
-static __global__ void tq_k_set_rows(const float * __restrict__ src0, const idx_t * __restrict__ src1, block_t * __restrict__ dst,
+static __global__ void tq_k_set_rows(const float * src0, const idx_t * src1, block_t * dst,
                                      const int64_t n_blocks, const int64_t s01, const int64_t s02, const int64_t s03,
                                      const int64_t s10, const int64_t s11, const int64_t s12,
                                      const int64_t s1, const int64_t s2, const int64_t s3,
                                      const uint3 ne00_fd, const uint3 ne01_fd, const uint3 ne02_fd,
                                      const uint3 ne11_fd, const uint3 ne12_fd) {
+    tq_cuda_pdl_trigger();
     const int64_t i     = (int64_t(blockDim.x) * blockIdx.x + threadIdx.x) / lanes;
     const bool    valid = i < n_blocks;
 
     const float * x = src0;
     block_t     * y = dst;
-    ggml_cuda_pdl_sync();
+    tq_cuda_pdl_wait();
     if (valid) {
         uint2 dm = fast_div_modulo((uint32_t) (i * TQ_BLOCK), ne00_fd);
         const int64_t i00 = dm.y;
@@ -88,7 +89,7 @@ static void tq_cuda_set_rows_t(const float * src0, const idx_t * src1, void * ds
     }
     GGML_ASSERT(n_blocks * TQ_BLOCK <= UINT32_MAX); // the fast division works on 32-bit indices
     const int64_t grid = (n_blocks * lanes + TQ_CUDA_ROWS_BLOCK_SIZE - 1) / TQ_CUDA_ROWS_BLOCK_SIZE;
-    tq_k_set_rows<idx_t, block_t, lanes><<<grid, TQ_CUDA_ROWS_BLOCK_SIZE, 0, stream>>>(
+    tq_cuda_launch(tq_k_set_rows<idx_t, block_t, lanes>, grid, TQ_CUDA_ROWS_BLOCK_SIZE, 0, stream,
         src0, src1, (block_t *) dst, n_blocks,
         nb01/sizeof(float), nb02/sizeof(float), nb03/sizeof(float),
         nb10/sizeof(idx_t), nb11/sizeof(idx_t), nb12/sizeof(idx_t), nb1, nb2, nb3,
@@ -138,14 +139,15 @@ struct tq_cuda_shape {
 };
 
 template <typename block_t, bool to_tq>
-static __global__ void tq_k_cpy(const char * __restrict__ src, char * __restrict__ dst, const int64_t n_blocks,
+static __global__ void tq_k_cpy(const char * src, char * dst, const int64_t n_blocks,
                                 const tq_cuda_shape s, const tq_cuda_shape d) {
+    tq_cuda_pdl_trigger();
+    tq_cuda_pdl_wait();
     const int64_t b = int64_t(blockDim.x) * blockIdx.x + threadIdx.x;
     if (b >= n_blocks) {
         return;
     }
     const int64_t i = b * TQ_BLOCK;
-    ggml_cuda_pdl_sync();
     const char * x = src + tq_cuda_offset(i, s.ne, s.nb, !to_tq);
     char       * y = dst + tq_cuda_offset(i, d.ne, d.nb, to_tq);
     if constexpr (to_tq) {
@@ -172,8 +174,8 @@ static void tq_cuda_cpy(const ggml_tensor * src, const ggml_tensor * dst, cudaSt
     const char * x = (const char *) src->data;
     char       * y = (char *) dst->data;
 #define TQ_CPY(T, block_t) \
-    case T: to_tq ? tq_k_cpy<block_t, true ><<<grid, TQ_CUDA_ROWS_BLOCK_SIZE, 0, stream>>>(x, y, n_blocks, s, d) \
-                  : tq_k_cpy<block_t, false><<<grid, TQ_CUDA_ROWS_BLOCK_SIZE, 0, stream>>>(x, y, n_blocks, s, d); break;
+    case T: tq_cuda_launch(to_tq ? tq_k_cpy<block_t, true> : tq_k_cpy<block_t, false>, grid, TQ_CUDA_ROWS_BLOCK_SIZE, 0, stream, \
+                           x, y, n_blocks, s, d); break;
     switch (to_tq ? dst->type : src->type) {
         TQ_CPY(GGML_TYPE_TQ2,  block_tq2)
         TQ_CPY(GGML_TYPE_TQ3,  block_tq3)
