@@ -776,12 +776,7 @@ tq_fa_decode_kernel(const tq_fa_decode_kparams p) {
 // dst row = sum over splits of 2^(m_s - M) * part_s / sum of 2^(m_s - M) * l_s
 template <int D>
 static __global__ void __launch_bounds__(D)
-tq_fa_decode_combine(const float * part_ptr, const float2 * ml_ptr, float * dst_ptr, const int n_splits) {
-    tq_cuda_pdl_trigger();
-    tq_cuda_pdl_wait();
-    const float  * TQ_CUDA_RESTRICT part = part_ptr;
-    const float2 * TQ_CUDA_RESTRICT ml   = ml_ptr;
-    float        * TQ_CUDA_RESTRICT dst  = dst_ptr;
+tq_fa_decode_combine(const float * __restrict__ part, const float2 * __restrict__ ml, float * __restrict__ dst, const int n_splits) {
     const int64_t row = blockIdx.x;
     const int dd = threadIdx.x;
     part += row * n_splits * D;
@@ -1036,20 +1031,18 @@ static inline cudaError_t tq_fa_decode_launch(const tq_fa_decode_args & a, const
     p.qscale = a.scale * TQ_FA_LOG2E;
 
     const dim3 grid((unsigned) (pl.n_chunks * a.n_kv_heads), (unsigned) pl.n_splits, (unsigned) a.n_seq);
-    // A programmatic launch only where the keys are not split (short caches): at 32K keys (split, with
-    // the combine) it measured 3 % slower end to end on an H100 than the plain one, at depth 0 1-3 %
-    // faster (docs/results.md, "Programmatic dependent launches")
-    const bool pdl = pl.n_splits == 1;
-    tq_cuda_launch_if(pdl, pl.kernel, grid, TQ_FA_NT, 0, stream, p);
+    // A programmatic launch only where the keys are not split (short caches, no combine): split, at
+    // 32K keys, it measured 3 % slower end to end on an H100 than the plain launch of the decode
+    // kernel and its combine, at depth 0 1-3 % faster (docs/results.md, "Programmatic dependent launches")
+    tq_cuda_launch_if(pl.n_splits == 1, pl.kernel, grid, TQ_FA_NT, 0, stream, p);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || pl.n_splits == 1) {
         return err;
     }
-    const unsigned nr = (unsigned) rows_total;
     switch (a.D) {
-        case 64:  tq_cuda_launch_if(pdl, tq_fa_decode_combine< 64>, nr,  64, 0, stream, p.part, p.part_ml, a.dst, pl.n_splits); break;
-        case 128: tq_cuda_launch_if(pdl, tq_fa_decode_combine<128>, nr, 128, 0, stream, p.part, p.part_ml, a.dst, pl.n_splits); break;
-        default:  tq_cuda_launch_if(pdl, tq_fa_decode_combine<256>, nr, 256, 0, stream, p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 64:  tq_fa_decode_combine< 64><<<(unsigned) rows_total,  64, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        case 128: tq_fa_decode_combine<128><<<(unsigned) rows_total, 128, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
+        default:  tq_fa_decode_combine<256><<<(unsigned) rows_total, 256, 0, stream>>>(p.part, p.part_ml, a.dst, pl.n_splits); break;
     }
     return cudaGetLastError();
 }
