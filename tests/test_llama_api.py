@@ -58,6 +58,24 @@ def test_errors_before_llama_cpp(tq, smollm2, tmp_path):
         tq.Llama(smollm2, type_k="tq4", flash_attn=False)
 
 
+@pytest.mark.parametrize("kwargs,error,message", [
+    # llama_context_params holds these in 32 bits: 2**32 + 512 reached llama.cpp as 512
+    ({"n_ctx": (1 << 32) + 512}, ValueError, r"n_ctx = 4294967808 is absurdly large: llama.cpp holds it in 32 bits"),
+    ({"n_ubatch": 1 << 33}, ValueError, "n_ubatch = 8589934592 is absurdly large"),
+    ({"n_ctx": -5}, ValueError, "n_ctx must be at least 0, got -5"),
+    ({"n_batch": 0}, ValueError, "n_batch must be at least 1, got 0"),
+    ({"n_batch": -1}, ValueError, "n_batch must be at least 1, got -1"),
+    ({"n_ctx": 512.0}, TypeError, "n_ctx must be an int, not float"),
+    ({"n_ubatch": True}, TypeError, "n_ubatch must be an int, not bool"),
+])
+def test_context_sizes_before_llama_cpp(tq, smollm2, kwargs, error, message):
+    from tq_llamacpp.errors import TqError
+
+    with pytest.raises(error, match=message) as info:
+        tq.Llama(smollm2, type_k="tq3", type_v="tq3", **kwargs)
+    assert isinstance(info.value, TqError)
+
+
 def _tiny_gguf(path, head_dim=64, **keys):
     """A metadata-only GGUF of a llama (gguf's writer); `keys` override or add llama.* values
     (80 is a real head size: e.g. Phi-2)."""

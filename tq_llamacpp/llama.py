@@ -177,6 +177,7 @@ class Llama(llama_cpp.Llama):
                  flash_attn: Optional[bool] = None, kv_center: Union[None, bool, str] = None,
                  kv_options: Union[None, str, dict] = None, rpc_servers: Union[None, str, list] = None,
                  **kwargs: Any) -> None:
+        _check_context_sizes(kwargs)
         options = kv_options_string(kv_center, kv_options)
         if "calib_dir=" not in options:
             from .data import calib_dir  # noqa: PLC0415
@@ -246,6 +247,27 @@ class Llama(llama_cpp.Llama):
 # llama.cpp pads a cache to a multiple of 256 cells (llama_kv_cache's n_pad: llama_context sets
 # cparams.n_ctx = GGML_PAD(n_ctx, 256)); tests/test_llama_api.py checks the sizes against its log
 _CELL_PAD = 256
+
+
+# llama_context_params holds them as uint32_t: ctypes would wrap 2**32 + 512 to 512 without a word
+_CONTEXT_SIZES = {"n_ctx": 0, "n_batch": 1, "n_ubatch": 1}  # name: least value (n_ctx 0: the model's own)
+
+
+def _check_context_sizes(kwargs: dict) -> None:
+    for what, least in _CONTEXT_SIZES.items():
+        if what not in kwargs:
+            continue
+        value = kwargs[what]
+        if isinstance(value, bool):
+            raise TqTypeError(f"{what} must be an int, not bool")
+        try:
+            n = operator.index(value)
+        except TypeError:
+            raise TqTypeError(f"{what} must be an int, not {type(value).__name__}") from None
+        if n < least:
+            raise TqValueError(f"{what} must be at least {least}, got {n}")
+        if n >= 1 << 32:
+            raise TqValueError(f"{what} = {n} is absurdly large: llama.cpp holds it in 32 bits")
 
 
 def _positive(value: Any, what: str) -> int:
