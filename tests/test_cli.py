@@ -64,6 +64,18 @@ def test_compare_bits_from_the_environment_leaves_the_reference_f16(tmp_path):
     assert "| tq2ts | 2.49 |" in proc.stdout
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--chunks", "-1"], "chunks must be at least 1, got -1"),
+    (["--chunks", "0"], "chunks must be at least 1, got 0"),
+    (["--threads", "-2"], "threads must be at least 1, got -2"),
+])
+def test_compare_counts_checked_before_any_run(args, message):
+    # llama-perplexity takes --chunks -1 as the whole novel: hours on two cores, not an error
+    proc = subprocess.run([EXE, "compare", "--types", "tq3", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
+    assert "chunk" not in proc.stderr.replace(message, "")  # no run started
+
+
 def test_compare_kv_options_a_type_cannot_take():
     # refused before any run, naming the type
     proc = subprocess.run([EXE, "compare", "--types", "tq2ts,q8_0", "--kv-options", "bits=2.5"],

@@ -20,7 +20,7 @@ from ._libs import tool
 from ._progress import Progress
 from .cache_types import pair_name
 from .data import cache_dir, calib_dir
-from .llama import check_cache_types, kv_bytes, kv_options_string, parse_spec
+from .llama import _positive, check_cache_types, kv_bytes, kv_options_string, parse_spec
 
 
 @dataclass
@@ -128,6 +128,10 @@ def compare(model: Path, text: Path, types: Sequence[str], ctx: int = 512, chunk
     Llama's) apply to every compared type, on top of the LLAMA_KV_* environment; the f16 reference
     takes no per-layer types (LLAMA_KV_LAYERS, LLAMA_KV_BITS) from either."""
     model, text = Path(model), Path(text)
+    # llama-perplexity reads --chunks -1 (and 0) as the whole text, which would run for hours
+    chunks = _positive(chunks, "chunks")
+    if threads is not None:
+        threads = _positive(threads, "threads")
     if not text.is_file():
         raise FileNotFoundError(f"text file not found: {text}")
     options = kv_options_string(None, kv_options)
