@@ -255,32 +255,26 @@ _CONTEXT_SIZES = {"n_ctx": 0, "n_batch": 1, "n_ubatch": 1}  # name: least value 
 
 def _check_context_sizes(kwargs: dict) -> None:
     for what, least in _CONTEXT_SIZES.items():
-        if what not in kwargs:
-            continue
-        value = kwargs[what]
-        if isinstance(value, bool):
-            raise TqTypeError(f"{what} must be an int, not bool")
-        try:
-            n = operator.index(value)
-        except TypeError:
-            raise TqTypeError(f"{what} must be an int, not {type(value).__name__}") from None
-        if n < least:
-            raise TqValueError(f"{what} must be at least {least}, got {n}")
-        if n >= 1 << 32:
-            raise TqValueError(f"{what} = {n} is absurdly large: llama.cpp holds it in 32 bits")
+        if what in kwargs:
+            _int_in(kwargs[what], what, least, 1 << 32, "llama.cpp holds it in 32 bits")
 
 
 def _positive(value: Any, what: str) -> int:
+    return _int_in(value, what, 1, (1 << 40) + 1)
+
+
+def _int_in(value: Any, what: str, least: int, bound: int, why: str = "") -> int:
+    """value as an int in [least, bound): a TqTypeError or TqValueError naming `what` otherwise."""
     if isinstance(value, bool):
         raise TqTypeError(f"{what} must be an int, not bool")
     try:
         n = operator.index(value)
     except TypeError:
         raise TqTypeError(f"{what} must be an int, not {type(value).__name__}") from None
-    if n < 1:
-        raise TqValueError(f"{what} must be at least 1, got {n}")
-    if n > 1 << 40:
-        raise TqValueError(f"{what} = {n} is absurdly large")
+    if n < least:
+        raise TqValueError(f"{what} must be at least {least}, got {n}")
+    if n >= bound:
+        raise TqValueError(f"{what} = {n} is absurdly large" + (f": {why}" if why else ""))
     return n
 
 
